@@ -1,0 +1,276 @@
+"""GeneratorActor: one vLLM engine that samples completions and takes new weights in place.
+
+A plain class; the driver makes it remote (``ray.remote(num_cpus=..., num_gpus=...)`` or an
+``ActorGroup``). The vLLM engine core runs inside the actor's process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights handed to ``load_weights`` reach the model
+by reference, and an engine never shares a process with a learner (it pins threads and seeds
+the process's global RNGs).
+
+Config (a plain dict; defaults in ``DEFAULTS``):
+
+| key                    | default       | meaning                                                      |
+|------------------------|---------------|--------------------------------------------------------------|
+| model_path             | (required)    | HF folder of the initial policy (with its tokenizer)         |
+| dtype                  | "float32"     | engine dtype; keep float32 on CPU (no bf16 kernels here)     |
+| device                 | "cpu"         | "cpu" or "cuda" (picks the weight-sync backend: gloo / nccl) |
+| max_model_len          | 1024          | prompt + completion tokens                                   |
+| kv_cache_bytes         | 256 MiB       | KV-cache size; None: vLLM's default (gpu_memory_utilization) |
+| seed                   | 0             | engine seed is ``seed + index`` (generators differ)          |
+| tensor_parallel_size   | 1             | GPU only                                                     |
+| enforce_eager          | True          | no torch.compile / CUDA graphs (fast start)                  |
+| gpu_memory_utilization | 0.5           | GPU only                                                     |
+| max_num_batched_tokens | None          | vLLM's scheduler budget per step (None: vLLM's default)      |
+| logprobs_mode          | "raw_logprobs"| what ``logps`` holds, see ``generate``                       |
+
+Log-probs. ``generate`` returns, for each generated token, its log-probability as vLLM reports
+it with ``logprobs=0`` (the sampled token only). With ``logprobs_mode="raw_logprobs"`` (the
+default) that is ``log_softmax(logits)[token]`` of the model's own distribution: no
+temperature, no top-k / top-p, exactly what the learner's forward pass computes for the same
+token at temperature 1. ``"processed_logprobs"`` instead reports the distribution actually
+sampled from (logits divided by the temperature, top-k / top-p applied and renormalised); use
+it only when the learner scores tokens the same way.
+
+The seed is set once on the engine (``LLM(seed=...)``): per-request seeds crash vLLM's CPU
+sampler once a prefill is chunked. A fresh actor with the same index and config replays the
+same samples for the same calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from actors.weight_sync import NumpyState, WeightGroup, WeightSyncError
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "dtype": "float32",
+    "device": "cpu",
+    "max_model_len": 1024,
+    "kv_cache_bytes": 256 << 20,
+    "seed": 0,
+    "tensor_parallel_size": 1,
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.5,
+    "max_num_batched_tokens": None,
+    "logprobs_mode": "raw_logprobs",
+}
+SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop_token_ids", "min_tokens")
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
+
+
+def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` over ``DEFAULTS``; unknown keys and bad values fail in one line."""
+    if "model_path" not in config:
+        raise ValueError("generator config needs model_path")
+    unknown = sorted(set(config) - set(DEFAULTS) - {"model_path"})
+    if unknown:
+        raise ValueError(
+            f"unknown generator config key(s) {', '.join(unknown)}; valid: model_path, {', '.join(DEFAULTS)}"
+        )
+    cfg = {**DEFAULTS, **config}
+    if cfg["device"] not in ("cpu", "cuda"):
+        raise ValueError(f"generator device must be 'cpu' or 'cuda', got {cfg['device']!r}")
+    if cfg["device"] == "cpu" and int(cfg["tensor_parallel_size"]) != 1:
+        raise ValueError(f"tensor_parallel_size must be 1 on cpu, got {cfg['tensor_parallel_size']}")
+    if cfg["logprobs_mode"] not in LOGPROBS_MODES:
+        raise ValueError(f"logprobs_mode {cfg['logprobs_mode']!r} is not supported; valid: {', '.join(LOGPROBS_MODES)}")
+    if int(cfg["max_model_len"]) < 2:
+        raise ValueError(f"max_model_len must be >= 2, got {cfg['max_model_len']}")
+    return cfg
+
+
+class GeneratorActor:
+    """One vLLM engine. Methods: ``generate``, ``load_weights``, ``ping`` and the receiving end of
+    the broadcast weight-sync group (``join_weight_group``, ``receive_weights``,
+    ``close_weight_group``). ``version`` counts weight updates (0 = the weights of model_path).
+    """
+
+    def __init__(self, index: int, config: Mapping[str, Any]):
+        self.index = int(index)
+        self.cfg = resolve_config(config)
+        self.name = f"generator {self.index}"
+        self.version = 0
+        self._weight_group: WeightGroup | None = None
+        self._incomplete = False  # a weight update failed half-way: refuse to generate
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        cfg = self.cfg
+        kwargs: dict[str, Any] = dict(
+            model=str(cfg["model_path"]),
+            dtype=cfg["dtype"],
+            max_model_len=int(cfg["max_model_len"]),
+            seed=int(cfg["seed"]) + self.index,
+            enforce_eager=bool(cfg["enforce_eager"]),
+            logprobs_mode=cfg["logprobs_mode"],
+            tensor_parallel_size=int(cfg["tensor_parallel_size"]),
+        )
+        if cfg["kv_cache_bytes"] is not None:
+            kwargs["kv_cache_memory_bytes"] = int(cfg["kv_cache_bytes"])
+        if cfg["max_num_batched_tokens"] is not None:
+            kwargs["max_num_batched_tokens"] = int(cfg["max_num_batched_tokens"])
+        if cfg["device"] == "cuda":
+            kwargs["gpu_memory_utilization"] = float(cfg["gpu_memory_utilization"])
+        start = time.perf_counter()
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as exc:
+            raise RuntimeError(f"{self.name}: vLLM could not start on {cfg['model_path']!r}: {exc}") from exc
+        self.start_seconds = time.perf_counter() - start
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+
+    # ---- sampling ------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], sampling: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+        """Sample ``n`` completions for each prompt (token ids).
+
+        ``sampling`` keys: ``n``, ``temperature`` (0 = greedy), ``top_p``, ``top_k`` (0 = off),
+        ``max_tokens``, ``stop_token_ids``, ``min_tokens``. Returns one list per prompt of ``n``
+        dicts: ``completion_ids`` (list[int]), ``text`` (special tokens skipped), ``logps``
+        (list[float], one per completion token, see the module docstring), ``finish_reason``
+        (``"stop"``: eos or a stop token, included in ``completion_ids``; ``"length"``) and
+        ``version`` (the weight version that produced it).
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self._incomplete:
+            raise RuntimeError(f"{self.name}: a weight update failed half-way; load a full state before generating")
+        params = SamplingParams(**_sampling_kwargs(sampling), logprobs=0)
+        limit = int(self.cfg["max_model_len"])
+        for i, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"{self.name}: prompt {i} is empty")
+            if len(prompt) >= limit:
+                raise ValueError(f"{self.name}: prompt {i} has {len(prompt)} tokens; max_model_len is {limit}")
+        if not prompts:
+            return []
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts], params, use_tqdm=False
+        )
+        return [[self._sample(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+
+    def _sample(self, completion: Any) -> dict[str, Any]:
+        ids = [int(t) for t in completion.token_ids]
+        positions = completion.logprobs or []
+        if len(positions) != len(ids):
+            raise RuntimeError(f"{self.name}: vLLM returned {len(positions)} log-probs for {len(ids)} tokens")
+        return {
+            "completion_ids": ids,
+            "text": completion.text,
+            "logps": [float(pos[t].logprob) for pos, t in zip(positions, ids)],
+            "finish_reason": str(completion.finish_reason),
+            "version": self.version,
+        }
+
+    # ---- weights -------------------------------------------------------------------------
+
+    def load_weights(self, weights: Any, version: int | None = None) -> dict[str, Any]:
+        """Replace the engine's weights in place and clear its prefix cache.
+
+        ``weights``: ``(hf_name, tensor)`` pairs (a list or any iterable), a ``{name: tensor}``
+        dict, or a ``NumpyState``. Names are the HF checkpoint names; dtypes are converted to the
+        engine's. All weights must come in one call (vLLM reloads layer by layer; a layer that
+        gets no tensor keeps its old weights). If loading fails half-way the engine refuses to
+        generate until a later ``load_weights`` succeeds. For a tied
+        model a missing ``lm_head.weight`` is taken from ``model.embed_tokens.weight``.
+        ``version`` defaults to the current one + 1. Returns ``{"name", "version", "tensors",
+        "bytes", "seconds"}``.
+        """
+        start = time.perf_counter()
+        named = _named_tensors(weights)
+        if isinstance(named, (list, tuple, dict, NumpyState)) and len(named) == 0:
+            raise ValueError(f"{self.name}: load_weights got no tensors")
+        counts = {"tensors": 0, "bytes": 0}
+        items = self._complete(named.items() if isinstance(named, (dict, NumpyState)) else named, counts)
+        if int(self.cfg["tensor_parallel_size"]) > 1:
+            items = list(items)  # worker processes need a picklable argument
+        self._incomplete = True  # until the reload below returns
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+        except WeightSyncError:
+            raise
+        except Exception as exc:
+            raise RuntimeError(f"{self.name}: loading weights failed: {exc}") from exc
+        self._incomplete = False
+        self.llm.reset_prefix_cache()
+        self.version = self.version + 1 if version is None else int(version)
+        return {"name": self.name, "version": self.version, **counts, "seconds": time.perf_counter() - start}
+
+    def _complete(self, items: Iterable[tuple[str, torch.Tensor]], counts: dict[str, int]) -> Iterator:
+        """Count what passes and, for tied models, add ``lm_head.weight`` when it never came."""
+        embed, head_seen = None, False
+        for name, tensor in items:
+            counts["tensors"] += 1
+            counts["bytes"] += tensor.numel() * tensor.element_size()
+            head_seen = head_seen or name == "lm_head.weight"
+            if name == "model.embed_tokens.weight":
+                embed = tensor
+            yield name, tensor
+        if self._tied and not head_seen and embed is not None:
+            yield "lm_head.weight", embed
+
+    # ---- broadcast receiving end ---------------------------------------------------------
+
+    def join_weight_group(self, host: str, port: int, rank: int, names: list[str], timeout_s: float,
+                          backend: str) -> None:
+        """Join learner rank 0's weight-sync group as ``rank`` (>= 1); blocks until every member joined."""
+        self.close_weight_group()
+        self._weight_group = WeightGroup.join(host, port, int(rank), list(names), timeout_s, backend)
+
+    def receive_weights(self, version: int) -> dict[str, Any]:
+        """Receive ``version`` from the group bucket by bucket, load it, acknowledge it."""
+        group = self._weight_group
+        if group is None:
+            raise WeightSyncError(f"{self.name}: receive_weights() before join_weight_group()")
+        try:
+            stats = self.load_weights(group.receive(int(version)), version)
+        except Exception as exc:
+            group.ack(int(version), error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+        group.ack(int(version))
+        return stats
+
+    def close_weight_group(self) -> None:
+        """Leave the weight-sync group (idempotent)."""
+        if self._weight_group is not None:
+            self._weight_group.close()
+            self._weight_group = None
+
+    # ---- health --------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """``{"name", "index", "version", "pid"}``: cheap liveness check."""
+        return {"name": self.name, "index": self.index, "version": self.version, "pid": os.getpid()}
+
+
+def _sampling_kwargs(sampling: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown sampling key(s) {', '.join(unknown)}; valid: {', '.join(SAMPLING_KEYS)}")
+    kwargs = dict(sampling)
+    if kwargs.get("top_k") in (None, -1):
+        kwargs["top_k"] = 0
+    if kwargs.get("stop_token_ids") is None:
+        kwargs.pop("stop_token_ids", None)
+    return kwargs
+
+
+def _named_tensors(weights: Any) -> Any:
+    if isinstance(weights, (NumpyState, dict)):
+        return weights
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable):
+        kind = type(weights).__name__
+        raise TypeError(f"load_weights expects (name, tensor) pairs, a dict or a NumpyState, got {kind}")
+    return weights
+

@@ -1,0 +1,190 @@
+"""ActorGroup: N Ray actors of one class in one placement group, called together with timeouts.
+
+Every wait here is bounded: the placement group (resources), the actors' construction, and each
+fan-out call. A timeout or a failure is one line that names the actor class, the rank(s) and the
+method; a failure is reported as soon as the first rank fails (the others may be stuck in a
+collective that will never complete: shut the group down then).
+
+    group = start_learners(2, config, timeout_s=300)
+    metrics = group.call("train_step", per_rank=[(mbs, "simpo", {}, counts) for mbs in shards])
+    group.shutdown()
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+class ActorCallError(RuntimeError):
+    """A call on one actor of a group failed; ``rank``, ``method`` and ``cause`` say where and why."""
+
+    def __init__(self, message: str, rank: int, method: str, cause: BaseException):
+        super().__init__(message)
+        self.rank, self.method, self.cause = rank, method, cause
+
+
+def _cause(err: BaseException) -> BaseException:
+    return getattr(err, "cause", None) or err
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+class ActorGroup:
+    """``n`` actors of ``cls``, actor ``i`` built with ``cls(*make_args(i))`` on bundle ``i``.
+
+    Args:
+        cls: a plain class (it is wrapped with ``ray.remote`` here).
+        n: number of actors (ranks).
+        make_args: rank -> constructor arguments.
+        num_cpus, num_gpus: resources of each actor (one bundle each).
+        name: shown in errors; the placement group is named after it (plus a unique suffix).
+        strategy: placement strategy, ``PACK`` (default), ``SPREAD``, ``STRICT_PACK`` or ``STRICT_SPREAD``.
+        timeout_s: default limit for the placement group, the actors' start and every call.
+    """
+
+    def __init__(self, cls: type, n: int, make_args: Callable[[int], tuple], num_cpus: float = 1,
+                 num_gpus: float = 0, name: str = "", strategy: str = "PACK", timeout_s: float = 600):
+        if n < 1:
+            raise ValueError(f"an actor group needs at least one actor, got n={n}")
+        self.cls_name = cls.__name__
+        self.name = name or self.cls_name
+        self.n = n
+        self.timeout_s = float(timeout_s)
+        self.actors: list[Any] = []
+        self.info: list[Any] = []
+        self.pg = None
+        self.pg = self._reserve(n, num_cpus, num_gpus, strategy)
+        try:
+            remote_cls = ray.remote(cls)
+            for rank in range(n):
+                options = {
+                    "num_cpus": num_cpus,
+                    "num_gpus": num_gpus,
+                    "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                        placement_group=self.pg, placement_group_bundle_index=rank
+                    ),
+                }
+                self.actors.append(remote_cls.options(**options).remote(*make_args(rank)))
+            self._wait([a.__ray_ready__.remote() for a in self.actors], "__init__", self.timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _reserve(self, n: int, num_cpus: float, num_gpus: float, strategy: str):
+        bundle = {"CPU": float(num_cpus)}
+        if num_gpus:
+            bundle["GPU"] = float(num_gpus)
+        pg = placement_group([dict(bundle) for _ in range(n)], strategy=strategy, name=f"{self.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            ray.get(pg.ready(), timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(pg)
+            total, free = ray.cluster_resources(), ray.available_resources()
+            gpus = f" and {n * num_gpus:g} GPUs" if num_gpus else ""
+            raise TimeoutError(
+                f"{self.name}: waited {self.timeout_s:g} s for {n} x {bundle} ({n * num_cpus:g} CPUs{gpus}, "
+                f"strategy {strategy}); cluster has {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs "
+                f"({free.get('CPU', 0):g} CPUs, {free.get('GPU', 0):g} GPUs free)"
+            ) from None
+        return pg
+
+    def __len__(self) -> int:
+        return self.n
+
+    def call_async(self, method: str, *args: Any, per_rank: Sequence[tuple] | None = None) -> list:
+        """Start ``method`` on every actor; returns one ObjectRef per rank.
+
+        Every rank gets ``args``, or rank ``i`` gets ``per_rank[i]`` (then ``args`` must be empty).
+        """
+        if per_rank is not None:
+            if args:
+                raise ValueError(f"{self.name}.{method}: pass either shared args or per_rank, not both")
+            if len(per_rank) != self.n:
+                raise ValueError(f"{self.name}.{method}: per_rank has {len(per_rank)} entries for {self.n} actors")
+            return [getattr(a, method).remote(*per_rank[i]) for i, a in enumerate(self.actors)]
+        return [getattr(a, method).remote(*args) for a in self.actors]
+
+    def call(self, method: str, *args: Any, per_rank: Sequence[tuple] | None = None,
+             timeout_s: float | None = None) -> list:
+        """``call_async`` and wait: the results in rank order, or one clear error (first failure / timeout)."""
+        refs = self.call_async(method, *args, per_rank=per_rank)
+        return self._wait(refs, method, self.timeout_s if timeout_s is None else float(timeout_s))
+
+    def call_rank(self, rank: int, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call ``method`` on actor ``rank`` only and wait for its result."""
+        ref = getattr(self.actors[rank], method).remote(*args)
+        return self.wait({ref: rank}, method, self.timeout_s if timeout_s is None else float(timeout_s))[ref]
+
+    def _wait(self, refs: list, method: str, timeout_s: float) -> list:
+        results = self.wait({ref: rank for rank, ref in enumerate(refs)}, method, timeout_s)
+        return [results[ref] for ref in refs]
+
+    def wait(self, refs: dict, method: str, timeout_s: float) -> dict:
+        """Wait for ``{ref: rank}``; returns ``{ref: result}``. Raises on the first failure or at the deadline."""
+        pending = dict(refs)
+        results = {}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                ranks = sorted(pending.values())
+                raise TimeoutError(
+                    f"{self.cls_name}.{method} timed out after {timeout_s:g} s on rank(s) {ranks} of {self.name}"
+                )
+            for ref in ready:
+                rank = pending.pop(ref)
+                try:
+                    results[ref] = ray.get(ref)
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
+                    cause = _cause(err)
+                    raise ActorCallError(
+                        f"{self.cls_name}[rank {rank}].{method} failed: {_one_line(cause)}", rank, method, cause
+                    ) from err
+        return results
+
+    def shutdown(self) -> None:
+        """Kill the actors and release the placement group (safe to call twice)."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - an actor that already died is fine
+                pass
+        self.actors = []
+        if self.pg is not None:
+            try:
+                remove_placement_group(self.pg)
+            except Exception:  # noqa: BLE001 - already removed
+                pass
+            self.pg = None
+
+
+def start_learners(n: int, config: dict[str, Any], timeout_s: float = 600, num_cpus: float = 1,
+                   strategy: str = "PACK") -> ActorGroup:
+    """Start ``n`` learner ranks and form their process group; returns the ready group.
+
+    Rank 0 picks an address, every rank joins it in ``setup``; ``group.info`` holds each rank's
+    setup result. One GPU per actor when ``config["device"] == "cuda"``.
+    """
+    from actors.learner import LearnerActor, resolve_config
+
+    resolved = resolve_config(config)  # fail here, in the driver, on a bad config
+    num_gpus = 1 if resolved["device"] == "cuda" else 0
+    group = ActorGroup(LearnerActor, n, lambda rank: (rank, n, dict(config)), num_cpus=num_cpus,
+                       num_gpus=num_gpus, name="learner", strategy=strategy, timeout_s=timeout_s)
+    try:
+        host, port = group.call_rank(0, "address")
+        group.info = group.call("setup", host, port)
+    except BaseException:
+        group.shutdown()
+        raise
+    return group

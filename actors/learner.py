@@ -1,0 +1,363 @@
+"""LearnerActor: one data-parallel rank of the policy, trained by DeepSpeed (ZeRO 0-3, optional LoRA).
+
+The learner never branches on an objective's name: ``train_step`` reads the objective's
+declaration (its policy ``output``, ``check_batch``, ``loss``) from ``rlhf.objectives``.
+
+Gradient scale. Each objective returns this micro-batch's share of the **global** mean (see
+``rlhf.reduction``), so the step's gradient must be the plain sum over micro-batches and ranks.
+DeepSpeed divides by the accumulation steps (undone with ``backward(scale_wrt_gas=False)``) and
+averages gradients over the data-parallel ranks (undone by multiplying the loss by
+``world_size`` before backward). Gradient clipping then acts on that true global gradient.
+
+Config (a plain dict built by the driver; defaults in ``DEFAULTS``):
+
+| key                    | default     | meaning                                                         |
+|------------------------|-------------|-----------------------------------------------------------------|
+| model_path             | (required)  | HF folder of the initial policy                                 |
+| dtype                  | "float32"   | "float32" or "bfloat16" (bf16 needs zero_stage >= 1)            |
+| device                 | "cpu"       | "cpu" (gloo) or "cuda" (nccl, one GPU per actor)                |
+| zero_stage             | 2           | DeepSpeed ZeRO stage 0-3                                        |
+| lr                     | 1e-6        | peak learning rate (AdamW)                                      |
+| weight_decay           | 0.0         | AdamW decay, not applied to biases and norm weights             |
+| adam_betas             | (0.9, 0.95) |                                                                 |
+| warmup_steps           | 0           | linear warm-up steps                                            |
+| total_steps            | 0           | cosine decay ends here (0: constant after warm-up)              |
+| min_lr_ratio           | 0.0         | cosine decays to lr * min_lr_ratio                              |
+| max_grad_norm          | 1.0         | DeepSpeed gradient clipping (0: off)                            |
+| micro_batch_size       | 1           | examples per micro-batch (DeepSpeed's bookkeeping)              |
+| grad_accum             | 1           | micro-batches per optimizer step on each rank                   |
+| lora_r                 | 0           | LoRA rank; 0 = full fine-tune                                   |
+| lora_alpha             | 16          |                                                                 |
+| lora_dropout           | 0.0         |                                                                 |
+| lora_target            | "all-linear"| peft target_modules                                             |
+| score_head             | False       | scalar head (AutoModelForSequenceClassification, num_labels=1)  |
+| seed                   | 0           | same on every rank (ZeRO-3 partitions each rank's own init)     |
+| timeout_s              | 600         | process-group / collective timeout                              |
+| gradient_checkpointing | False       |                                                                 |
+| reference_colocated    | False       | also hold a frozen copy of the initial model (compute_reference)|
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from actors import common, model_io
+
+DEFAULTS: dict[str, Any] = {
+    "dtype": "float32",
+    "device": "cpu",
+    "zero_stage": 2,
+    "lr": 1e-6,
+    "weight_decay": 0.0,
+    "adam_betas": (0.9, 0.95),
+    "warmup_steps": 0,
+    "total_steps": 0,
+    "min_lr_ratio": 0.0,
+    "max_grad_norm": 1.0,
+    "micro_batch_size": 1,
+    "grad_accum": 1,
+    "lora_r": 0,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "lora_target": "all-linear",
+    "score_head": False,
+    "seed": 0,
+    "timeout_s": 600.0,
+    "gradient_checkpointing": False,
+    "reference_colocated": False,
+}
+
+
+def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` over ``DEFAULTS``; unknown keys and bad combinations fail in one line."""
+    if "model_path" not in config:
+        raise ValueError("learner config needs model_path")
+    unknown = sorted(set(config) - set(DEFAULTS) - {"model_path"})
+    if unknown:
+        raise ValueError(f"unknown learner config key(s) {', '.join(unknown)}; valid: model_path, {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    common.torch_dtype(cfg["dtype"])
+    common.backend_for(cfg["device"])
+    if cfg["zero_stage"] not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {cfg['zero_stage']!r}")
+    if cfg["dtype"] == "bfloat16" and cfg["zero_stage"] == 0:
+        raise ValueError("dtype bfloat16 needs zero_stage >= 1 (stage 0 keeps no fp32 master weights)")
+    if int(cfg["grad_accum"]) < 1 or int(cfg["micro_batch_size"]) < 1:
+        raise ValueError("grad_accum and micro_batch_size must be >= 1")
+    return cfg
+
+
+class LearnerActor:
+    """One rank of the policy learner. Wrapped with ``ray.remote`` by ``actors.group``.
+
+    Call order: ``address()`` on rank 0, then ``setup(addr, port)`` on every rank, then
+    ``train_step`` / ``compute`` / ``save`` / ``full_state_dict`` on every rank together (each
+    is a collective under ZeRO-3; ``train_step`` is one under every stage).
+    """
+
+    def __init__(self, rank: int, world_size: int, config: dict[str, Any]):
+        self.rank = rank
+        self.world_size = world_size
+        self.cfg = resolve_config(config)
+        self.engine = None
+        self.reference: torch.nn.Module | None = None
+        self.steps = 0
+        common.set_threads()
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for rank 0 to host the process group."""
+        return common.free_address()
+
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        """Join the process group, build the model and its DeepSpeed engine.
+
+        Returns ``{"params", "trainable_params", "setup_s", "device", "backend", "dtype", "zero_stage"}``.
+        """
+        start = time.perf_counter()
+        cfg = self.cfg
+        device = cfg["device"]
+        common.init_process_group(self.rank, self.world_size, master_addr, master_port, device, cfg["timeout_s"])
+        deepspeed = common.import_deepspeed(device)
+        self.device = common.local_device(device)
+        self._deepspeed = deepspeed
+
+        torch.manual_seed(int(cfg["seed"]))
+        model = model_io.load_model(cfg["model_path"], cfg["score_head"], torch.float32)
+        if cfg["gradient_checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if int(cfg["lora_r"]) > 0:
+            model = model_io.apply_lora(model, int(cfg["lora_r"]), cfg["lora_alpha"], cfg["lora_dropout"],
+                                        cfg["lora_target"], cfg["score_head"])
+        params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+        optimizer = torch.optim.AdamW(
+            self._param_groups(model), lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), weight_decay=cfg["weight_decay"]
+        )
+        warmup, total, floor = int(cfg["warmup_steps"]), int(cfg["total_steps"]), float(cfg["min_lr_ratio"])
+
+        def make_scheduler(opt):
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: common.lr_factor(s, warmup, total, floor))
+
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=make_scheduler, config=self._ds_config()
+        )
+        if cfg["reference_colocated"]:
+            self.reference = self._frozen_copy()
+        return {
+            "params": params,
+            "trainable_params": trainable,
+            "setup_s": time.perf_counter() - start,
+            "device": str(self.device),
+            "backend": common.backend_for(device),
+            "dtype": cfg["dtype"],
+            "zero_stage": cfg["zero_stage"],
+        }
+
+    def _param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def _ds_config(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "train_micro_batch_size_per_gpu": int(cfg["micro_batch_size"]),
+            "gradient_accumulation_steps": int(cfg["grad_accum"]),
+            "train_batch_size": int(cfg["micro_batch_size"]) * int(cfg["grad_accum"]) * self.world_size,
+            "gradient_clipping": float(cfg["max_grad_norm"]),
+            "zero_optimization": {"stage": int(cfg["zero_stage"])},
+            "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+
+    def _frozen_copy(self) -> torch.nn.Module:
+        dtype = common.torch_dtype(self.cfg["dtype"])
+        torch.manual_seed(int(self.cfg["seed"]))  # a new score head starts exactly as the policy's
+        model = model_io.load_model(self.cfg["model_path"], self.cfg["score_head"], dtype).to(self.device)
+        model.eval().requires_grad_(False)
+        return model
+
+    # ---- training -----------------------------------------------------------------------------
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]], objective: str, params: dict[str, Any],
+                   counts: dict[str, int]) -> dict[str, float]:
+        """One optimizer step over ``micro_batches`` (exactly ``grad_accum`` of them on every rank).
+
+        ``counts`` are the step's global totals (``GlobalCounts`` as a dict). Returns the
+        objective's metrics and ``loss``, each summed over micro-batches and ranks (so each is the
+        global mean), plus ``grad_norm`` (before clipping) and ``lr`` (the rate this step used).
+        A non-finite loss on any rank stops every rank with an error naming the rank(s).
+        """
+        from rlhf.objectives import GlobalCounts, get
+
+        self._require_setup()
+        if len(micro_batches) != int(self.cfg["grad_accum"]):
+            raise ValueError(
+                f"learner rank {self.rank}: got {len(micro_batches)} micro-batches, config grad_accum is "
+                f"{self.cfg['grad_accum']} (every rank needs exactly that many per step)"
+            )
+        obj = get(objective)
+        hyper = obj.make_params(params)
+        global_counts = GlobalCounts(examples=int(counts["examples"]), tokens=int(counts["tokens"]))
+        engine = self.engine
+        engine.train()
+        lr = float(engine.get_lr()[0])
+        totals: dict[str, torch.Tensor] = {}
+        grad_norm = None
+        for index, raw in enumerate(micro_batches):
+            obj.check_batch(raw, hyper)
+            batch = common.to_device(raw, self.device)
+            out = model_io.policy_output(engine, batch, obj.output)
+            loss, metrics = obj.loss(out, batch, hyper, global_counts)
+            self._check_finite(loss, objective, index)
+            engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            if index == len(micro_batches) - 1 and self.cfg["zero_stage"] == 0:
+                grad_norm = self._local_grad_norm()
+            engine.step()
+            for key, value in {**metrics, "loss": loss}.items():
+                value = torch.as_tensor(value).detach().float().to(self.device).sum()
+                totals[key] = totals.get(key, 0.0) + value
+        self.steps += 1
+        result = self._all_reduce_sum(totals)
+        norm = engine.get_global_grad_norm() if grad_norm is None else grad_norm
+        result["grad_norm"] = float(norm) if norm is not None else float("nan")
+        result["lr"] = lr
+        return result
+
+    def _check_finite(self, loss: torch.Tensor, objective: str, index: int) -> None:
+        """All ranks learn together whether any rank's loss is NaN/inf, and all raise if so."""
+        bad = torch.zeros(self.world_size, device=self.device)
+        bad[self.rank] = float(not bool(torch.isfinite(loss.detach()).all()))
+        torch.distributed.all_reduce(bad)
+        if bool(bad.any()):
+            ranks = bad.nonzero().flatten().tolist()
+            raise FloatingPointError(
+                f"non-finite {objective} loss on learner rank(s) {ranks} at step {self.steps} micro-batch {index} "
+                f"(this is rank {self.rank}, loss {loss.item()})"
+            )
+
+    def _local_grad_norm(self) -> float:
+        """Global gradient norm at ZeRO stage 0 (gradients are whole and reduced after the last backward)."""
+        squares = [p.grad.detach().float().pow(2).sum() for p in self.engine.module.parameters() if p.grad is not None]
+        return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
+
+    def _all_reduce_sum(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        keys = sorted(totals)
+        packed = torch.stack([totals[k] for k in keys]) if keys else torch.zeros(0, device=self.device)
+        torch.distributed.all_reduce(packed)
+        return {k: float(v) for k, v in zip(keys, packed.tolist())}
+
+    # ---- inference ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def compute(self, batch: dict[str, torch.Tensor], output: str = "token_logps") -> torch.Tensor:
+        """Policy ``output`` for ``batch`` without gradients (eval mode); a CPU float32 tensor.
+
+        Under ZeRO-3 every rank must call it at the same time (each with its own rows).
+        """
+        self._require_setup()
+        engine = self.engine
+        was_training = engine.module.training
+        engine.eval()
+        try:
+            return model_io.policy_output(engine, common.to_device(batch, self.device), output).float().cpu()
+        finally:
+            engine.train(was_training)
+
+    @torch.no_grad()
+    def compute_reference(self, batch: dict[str, torch.Tensor], output: str = "token_logps") -> torch.Tensor:
+        """The frozen initial model's ``output`` (needs ``reference_colocated``); CPU float32."""
+        if self.reference is None:
+            raise RuntimeError(f"learner rank {self.rank} holds no reference model (set reference_colocated: true)")
+        return model_io.policy_output(self.reference, common.to_device(batch, self.device), output).float().cpu()
+
+    # ---- export -------------------------------------------------------------------------------
+
+    def _gather(self):
+        if int(self.cfg["zero_stage"]) != 3:
+            return None
+        zero = self._deepspeed.zero
+        return lambda params: zero.GatheredParameters(params, modifier_rank=None)
+
+    def iter_state(self, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+        """``(hf_name, tensor)`` pairs of the full merged model, module by module (see ``model_io``).
+
+        A local generator for code running inside this actor (e.g. a weight-sync transport that
+        sends bucket by bucket). Under ZeRO-3 every rank must iterate it in step; every rank
+        gets the full tensors.
+        """
+        self._require_setup()
+        return model_io.iter_full_state(self.engine.module, self._gather(), device)
+
+    def iter_state_buckets(self, bucket_bytes: int = 256 << 20,
+                           device: str = "cpu") -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """``iter_state`` grouped into lists of about ``bucket_bytes`` (a tensor is never split)."""
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        for name, tensor in self.iter_state(device):
+            bucket.append((name, tensor))
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_bytes:
+                yield bucket
+                bucket, size = [], 0
+        if bucket:
+            yield bucket
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full HF-named state dict (LoRA merged, ``lm_head.weight`` even when tied) on rank 0, else None.
+
+        Every rank must call it (a collective under ZeRO-3).
+        """
+        state = {}
+        for name, tensor in self.iter_state():
+            if self.rank == 0:
+                state[name] = tensor
+        return state if self.rank == 0 else None
+
+    def save(self, output_dir: str) -> str:
+        """Write a transformers folder (merged weights + tokenizer) to ``output_dir``; every rank calls.
+
+        Loads with ``AutoModelForCausalLM`` (``AutoModelForSequenceClassification`` with a score
+        head). With LoRA the adapter is also saved under ``output_dir/adapter`` (peft format).
+        Returns ``output_dir``.
+        """
+        state = self.full_state_dict()
+        hf_model = model_io.unwrap(self.engine.module)
+        if self.rank == 0:
+            model_io.save_hf_folder(state, hf_model.config, output_dir, self.cfg["score_head"], self.cfg["model_path"])
+        if int(self.cfg["lora_r"]) > 0:
+            self._save_adapter(f"{output_dir}/adapter")
+        torch.distributed.barrier()
+        return output_dir
+
+    def _save_adapter(self, adapter_dir: str) -> None:
+        peft_model = self.engine.module
+        trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+        gather = self._gather() or (lambda params: _null())
+        with gather([p for _, p in trainable]):
+            state = {n: p.detach().cpu().clone() for n, p in trainable} if self.rank == 0 else None
+        if self.rank == 0:
+            peft_model.save_pretrained(adapter_dir, state_dict=state)
+
+    def _require_setup(self) -> None:
+        if self.engine is None:
+            raise RuntimeError(f"learner rank {self.rank}: setup() has not been called")
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,0 +1,43 @@
+"""ReferenceActor: a frozen copy of the initial policy that serves log-probs (DPO, KTO, KL terms).
+
+No optimizer, no process group: each reference actor computes its own rows independently, so
+several can run side by side in an ``ActorGroup``. The learner can instead hold the same frozen
+copy itself (``reference_colocated``), which avoids shipping batches to another actor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from actors import common, model_io
+
+
+class ReferenceActor:
+    """Frozen initial model. ``config`` is the learner's config dict (same keys and checks);
+    the reference reads ``model_path``, ``dtype``, ``device``, ``score_head`` and ``seed``."""
+
+    def __init__(self, config: dict[str, Any]):
+        from actors.learner import resolve_config
+
+        self.cfg = resolve_config(config)
+        common.set_threads()
+        self.device = common.local_device(self.cfg["device"])
+        torch.manual_seed(int(self.cfg["seed"]))  # a new score head starts exactly as the learner's
+        dtype = common.torch_dtype(self.cfg["dtype"])
+        self.model = model_io.load_model(self.cfg["model_path"], self.cfg["score_head"], dtype).to(self.device)
+        self.model.eval().requires_grad_(False)
+
+    def info(self) -> dict[str, Any]:
+        """``{"params", "device", "dtype"}``."""
+        return {
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+            "dtype": self.cfg["dtype"],
+        }
+
+    @torch.no_grad()
+    def compute(self, batch: dict[str, torch.Tensor], output: str = "token_logps") -> torch.Tensor:
+        """The frozen model's ``output`` for ``batch`` (``[R, T]`` token log-probs or ``[R]`` scores), CPU float32."""
+        return model_io.policy_output(self.model, common.to_device(batch, self.device), output).float().cpu()

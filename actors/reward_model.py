@@ -1,0 +1,163 @@
+"""A trained reward model served as an actor, and the batch reward that calls it.
+
+``RewardModelActor`` loads a folder saved by ``--algo rm`` (an ``AutoModelForSequenceClassification``
+with ``num_labels=1``) and scores prompt + completion sequences: the score is the head's output
+at the last real token of each sequence, read exactly as the learner reads it in training
+(``actors.model_io.policy_output(..., "score")``). It is a plain
+class; the driver makes it remote (``ray.remote(RewardModelActor)``).
+
+``reward_model_reward(handle, timeout_s)`` turns such an actor into a batch reward
+``(completions, rows) -> list[float]`` that ``rlhf.rewards.score_samples`` accepts beside the
+per-sample rule rewards, e.g. ``load_rewards([reward_model_reward(rm, 120), "format_reward"])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral
+from typing import Any
+
+import torch
+
+from actors.common import local_device, set_threads, torch_dtype
+from actors.model_io import policy_output
+from rlhf.rewards.registry import batched
+
+TokensOrText = str | Sequence[int] | Sequence[Mapping[str, str]]
+_DEFAULTS: dict[str, Any] = {
+    "model_path": None,
+    "tokenizer_path": None,
+    "dtype": "float32",
+    "device": "cpu",
+    "batch_size": 8,
+}
+
+
+class RewardModelActor:
+    """Scores sequences with a scalar-head model; no gradients, eval mode.
+
+    Config keys: ``model_path`` (required), ``tokenizer_path`` (default: ``model_path``; only
+    needed when text is given), ``dtype`` (``float32`` / ``bfloat16``), ``device`` (``cpu`` /
+    ``cuda``), ``batch_size`` (sequences per forward pass).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        unknown = sorted(set(config) - set(_DEFAULTS))
+        if unknown:
+            raise ValueError(f"reward model config: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_DEFAULTS)}")
+        cfg = {**_DEFAULTS, **config}
+        if not cfg["model_path"]:
+            raise ValueError("reward model config needs 'model_path' (a folder saved by --algo rm)")
+        if int(cfg["batch_size"]) < 1:
+            raise ValueError(f"reward model batch_size must be >= 1, got {cfg['batch_size']}")
+        from transformers import AutoModelForSequenceClassification
+
+        from rlhf.models import load_tokenizer
+
+        set_threads()
+        self.device = local_device(str(cfg["device"]))
+        self.batch_size = int(cfg["batch_size"])
+        path = str(cfg["model_path"])
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype(str(cfg["dtype"])))
+        except OSError as e:
+            raise OSError(f"cannot load a reward model from {path!r}: {str(e).strip().splitlines()[0]}") from None
+        if model.config.num_labels != 1 or not hasattr(model, "score"):
+            raise ValueError(
+                f"{path!r} holds a {type(model).__name__} with num_labels={model.config.num_labels}; "
+                "a reward model is a causal LM with a 1-output 'score' head (saved by --algo rm)"
+            )
+        self.model = model.to(self.device).eval()
+        tokenizer_path = str(cfg["tokenizer_path"] or path)
+        try:
+            self.tokenizer = load_tokenizer(tokenizer_path)
+        except (OSError, ValueError):
+            self.tokenizer = None  # token ids still work; text fails with a clear error in _ids
+        self.tokenizer_path = tokenizer_path
+
+    def _ids(self, item: TokensOrText, *, prompt: bool, index: int) -> list[int]:
+        """Token ids of one prompt or completion, as the policy saw them.
+
+        Token ids pass through. Text is tokenized alone (prompt with the tokenizer's special
+        tokens, as vLLM does for a text prompt; completion without), so nothing merges across
+        the prompt/completion boundary. A prompt given as chat messages gets the chat template
+        with the generation prompt.
+        """
+        what = "prompt" if prompt else "completion"
+        if not isinstance(item, str) and all(isinstance(t, Integral) for t in item):
+            return [int(t) for t in item]
+        if self.tokenizer is None:
+            raise ValueError(f"{what} {index} is text but no tokenizer loads from {self.tokenizer_path!r}; pass ids")
+        if isinstance(item, str):
+            return list(self.tokenizer(item, add_special_tokens=prompt)["input_ids"])
+        if prompt and all(isinstance(m, Mapping) for m in item):
+            out = self.tokenizer.apply_chat_template(list(item), add_generation_prompt=True, tokenize=True)
+            return list(out["input_ids"] if isinstance(out, Mapping) else out)
+        raise ValueError(f"{what} {index} must be text or a list of token ids, got {type(item).__name__}")
+
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[TokensOrText], completions: Sequence[TokensOrText]) -> list[float]:
+        """One score per (prompt, completion): the head at the last token of ``prompt + completion``.
+
+        Sequences are sorted by length and run ``batch_size`` at a time, right padded; the
+        attention mask hides the padding, so each score equals an unpadded forward of that
+        sequence alone. Returns floats in the input order.
+        """
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        seqs = [
+            self._ids(p, prompt=True, index=i) + self._ids(c, prompt=False, index=i)
+            for i, (p, c) in enumerate(zip(prompts, completions))
+        ]
+        for i, seq in enumerate(seqs):
+            if not seq:
+                raise ValueError(f"sample {i}: prompt and completion are both empty")
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]), reverse=True)
+        scores = [0.0] * len(seqs)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for i, value in zip(chunk, self._forward([seqs[i] for i in chunk])):
+                scores[i] = value
+        return scores
+
+    def _forward(self, seqs: list[list[int]]) -> list[float]:
+        """Scores of a few sequences in one right-padded forward pass (the learner's own pooling)."""
+        width = max(len(s) for s in seqs)
+        input_ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention[r, : len(seq)] = 1
+        batch = {"input_ids": input_ids.to(self.device), "attention_mask": attention.to(self.device)}
+        return policy_output(self.model, batch, "score").cpu().tolist()  # [B] float32
+
+
+def reward_model_reward(actor_handle: Any, timeout_s: float, name: str = "reward_model") -> Callable[..., list[float]]:
+    """A batch reward ``(completions, rows) -> list[float]`` that asks a ``RewardModelActor``.
+
+    For sample ``i`` the prompt is ``rows[i]["prompt_ids"]`` when present (what the policy saw),
+    else ``rows[i]["prompt"]`` (text or chat messages); the completion is
+    ``rows[i]["completion_ids"]`` when present, else ``completions[i]``. A call that takes longer
+    than ``timeout_s`` raises a TimeoutError naming the actor (``name``).
+    """
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    def reward(completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+        prompts = []
+        for i, row in enumerate(rows):
+            if "prompt_ids" not in row and "prompt" not in row:
+                raise KeyError(f"row {i} has neither 'prompt_ids' nor 'prompt' for the reward model {name!r}")
+            prompts.append(row["prompt_ids"] if "prompt_ids" in row else row["prompt"])
+        targets = [row.get("completion_ids", c) for c, row in zip(completions, rows)]
+        ref = actor_handle.score.remote(prompts, targets)
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except GetTimeoutError:
+            ray.cancel(ref)
+            raise TimeoutError(
+                f"reward model actor {name!r} did not score {len(prompts)} samples within {timeout_s} s"
+            ) from None
+
+    reward.__name__ = reward.__qualname__ = name
+    return batched(reward)

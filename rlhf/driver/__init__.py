@@ -1,0 +1,1 @@
+"""The driver: live actors (session), offline and online stages, evaluation."""

@@ -1,0 +1,133 @@
+"""SimPO: Simple Preference Optimization with a reference-free reward (Meng, Xia & Chen, 2024).
+
+Paper: https://arxiv.org/abs/2405.14734. Per pair ``(y_w, y_l)`` with length-averaged log-probs
+``a_w = log pi(y_w|x) / |y_w|`` and ``a_l = log pi(y_l|x) / |y_l|`` (``sequence_logps(average=True)``)::
+
+    h = a_w - a_l - gamma_beta_ratio          # gamma = gamma_beta_ratio * beta
+    sigmoid: loss = -(1 - eps) * log sigmoid(beta * h) - eps * log sigmoid(-beta * h)
+    hinge:   loss = relu(1 - beta * h)
+
+so ``beta * h = beta * (a_w - a_l) - gamma`` (Eq. 6 of the paper). The margin enters as a ratio
+before the ``beta`` scaling, as in princeton-nlp/SimPO's ``simpo_trainer.py``; TRL's
+``CPOTrainer(loss_type="simpo")`` takes the absolute ``gamma`` instead — here it is the ratio,
+so the official configs (``beta: 2.0, gamma_beta_ratio: 0.5``) carry over unchanged.
+
+``sft_weight > 0`` adds ``sft_weight * (-a_w)`` per pair (NLL of the chosen completion). The
+official trainer uses a token-mean cross-entropy over the micro-batch's chosen tokens; here it is
+the per-pair length-averaged NLL, mean over the global pairs, so that it does not depend on the
+micro-batch split (``GlobalCounts`` has no chosen-only token count).
+
+Conventions: rows ``[0:P]`` chosen, ``[P:2P]`` rejected; computed in float32; no epsilons
+(``logsigmoid`` is stable, lengths clamp at 1). Rewards ``beta * a`` are detached metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.objectives.base import Batch, GlobalCounts, Objective, register
+from rlhf.reduction import aggregate, sequence_logps
+
+LOSS_TYPES = ("sigmoid", "hinge")
+
+
+@dataclass(frozen=True)
+class Params:
+    """SimPO hyper-parameters (defaults: the paper's / official configs' Mistral-Base values)."""
+
+    beta: float = 2.0
+    gamma_beta_ratio: float = 0.5
+    loss_type: Literal["sigmoid", "hinge"] = "sigmoid"
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"simpo loss_type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        if self.beta <= 0:
+            raise ValueError(f"simpo beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"simpo label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing > 0 and self.loss_type != "sigmoid":
+            raise ValueError("simpo label_smoothing applies to loss_type 'sigmoid' only")
+        if self.sft_weight < 0:
+            raise ValueError(f"simpo sft_weight must be >= 0, got {self.sft_weight}")
+
+
+def _avg_logps(token_logps: torch.Tensor, batch: Batch) -> torch.Tensor:
+    mask = batch["response_mask"]
+    if token_logps.shape != mask.shape:
+        raise ValueError(f"simpo: token_logps {tuple(token_logps.shape)} != response_mask {tuple(mask.shape)}")
+    return sequence_logps(token_logps.float(), mask, average=True)
+
+
+def _share(values: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:
+    """This micro-batch's share of the global mean over examples of per-example ``values``."""
+    return aggregate(values, None, "seq-mean", global_sequences=counts.examples, global_tokens=counts.tokens)
+
+
+def loss(
+    token_logps: torch.Tensor, batch: Batch, params: Params, counts: GlobalCounts
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SimPO loss of one micro-batch of ``P`` pairs.
+
+    Args:
+        token_logps: ``[2P, T]`` policy per-token log-probs.
+        batch: needs ``response_mask`` ``[2P, T]``.
+        params: ``Params``.
+        counts: global counts; ``counts.examples`` is the number of pairs in the optimizer step.
+
+    Returns:
+        ``(loss, metrics)``: this micro-batch's share of the global mean over pairs.
+    """
+    avg = _avg_logps(token_logps, batch)
+    if avg.shape[0] % 2:
+        raise ValueError(f"simpo: pairs batch has an odd number of rows ({avg.shape[0]})")
+    chosen, rejected = avg.chunk(2)
+    logits = params.beta * (chosen - rejected - params.gamma_beta_ratio)
+    if params.loss_type == "sigmoid":
+        eps = params.label_smoothing
+        per_pair = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+    else:
+        per_pair = torch.relu(1 - logits)
+    sft = -chosen
+    if params.sft_weight > 0:
+        per_pair = per_pair + params.sft_weight * sft
+
+    total = _share(per_pair, counts)
+    r_c, r_r = params.beta * chosen.detach(), params.beta * rejected.detach()
+    metrics = {
+        "loss": total.detach(),
+        "rewards/chosen": _share(r_c, counts),
+        "rewards/rejected": _share(r_r, counts),
+        "rewards/accuracy": _share((r_c > r_r).float(), counts),
+        "rewards/margin": _share(r_c - r_r, counts),
+    }
+    if params.sft_weight > 0:
+        metrics["sft_loss"] = _share(sft.detach(), counts)
+    return total, metrics
+
+
+def implicit_reward(token_logps: torch.Tensor, batch: Batch, params: Params) -> torch.Tensor:
+    """``[R]`` SimPO reward ``beta * mean log pi(y|x)`` of every row (no reference)."""
+    return params.beta * _avg_logps(token_logps, batch)
+
+
+register(
+    Objective(
+        name="simpo",
+        mode="offline",
+        data="pairs",
+        params=Params,
+        fields=("response_mask",),
+        output="token_logps",
+        needs_reference=lambda params: False,
+        loss=loss,
+        implicit_reward=implicit_reward,
+        paper="Meng, Xia & Chen 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward",
+    )
+)
