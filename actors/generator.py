@@ -37,7 +37,7 @@ same samples for the same calls.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,9 +45,7 @@ from typing import Any
 
 import torch
 
-from actors.weight_sync import NumpyState, WeightGroup, WeightSyncError
-
-logger = logging.getLogger(__name__)
+from actors.weight_sync import TIED_EMBED, TIED_HEAD, NumpyState, WeightGroup, WeightSyncError, memory_key
 
 DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
@@ -210,13 +208,14 @@ class GeneratorActor:
         embed, head_seen = None, False
         for name, tensor in items:
             counts["tensors"] += 1
-            counts["bytes"] += tensor.numel() * tensor.element_size()
-            head_seen = head_seen or name == "lm_head.weight"
-            if name == "model.embed_tokens.weight":
+            if not (name == TIED_HEAD and embed is not None and memory_key(tensor) == memory_key(embed)):
+                counts["bytes"] += tensor.numel() * tensor.element_size()  # a tied pair's buffer counts once
+            head_seen = head_seen or name == TIED_HEAD
+            if name == TIED_EMBED and self._tied:
                 embed = tensor
             yield name, tensor
         if self._tied and not head_seen and embed is not None:
-            yield "lm_head.weight", embed
+            yield TIED_HEAD, embed
 
     # ---- broadcast receiving end ---------------------------------------------------------
 
@@ -234,7 +233,8 @@ class GeneratorActor:
         try:
             stats = self.load_weights(group.receive(int(version)), version)
         except Exception as exc:
-            group.ack(int(version), error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            with contextlib.suppress(Exception):  # the store may be gone with the sender
+                group.ack(int(version), error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
         group.ack(int(version))
         return stats

@@ -84,7 +84,8 @@ class ActorGroup:
         bundle = {"CPU": float(num_cpus)}
         if num_gpus:
             bundle["GPU"] = float(num_gpus)
-        pg = placement_group([dict(bundle) for _ in range(n)], strategy=strategy, name=f"{self.name}-{uuid.uuid4().hex[:8]}")
+        name = f"{self.name}-{uuid.uuid4().hex[:8]}"
+        pg = placement_group([dict(bundle) for _ in range(n)], strategy=strategy, name=name)
         try:
             ray.get(pg.ready(), timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from actors import common, model_io
+from actors.weight_sync import WeightSenderMixin
 
 DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
@@ -79,7 +80,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("learner config needs model_path")
     unknown = sorted(set(config) - set(DEFAULTS) - {"model_path"})
     if unknown:
-        raise ValueError(f"unknown learner config key(s) {', '.join(unknown)}; valid: model_path, {', '.join(DEFAULTS)}")
+        valid = ", ".join(["model_path", *DEFAULTS])
+        raise ValueError(f"unknown learner config key(s) {', '.join(unknown)}; valid: {valid}")
     cfg = {**DEFAULTS, **config}
     common.torch_dtype(cfg["dtype"])
     common.backend_for(cfg["device"])
@@ -92,7 +94,7 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-class LearnerActor:
+class LearnerActor(WeightSenderMixin):
     """One rank of the policy learner. Wrapped with ``ray.remote`` by ``actors.group``.
 
     Call order: ``address()`` on rank 0, then ``setup(addr, port)`` on every rank, then
@@ -123,9 +125,9 @@ class LearnerActor:
         start = time.perf_counter()
         cfg = self.cfg
         device = cfg["device"]
+        self.device = common.local_device(device)  # on GPU: select it before the NCCL group forms
         common.init_process_group(self.rank, self.world_size, master_addr, master_port, device, cfg["timeout_s"])
         deepspeed = common.import_deepspeed(device)
-        self.device = common.local_device(device)
         self._deepspeed = deepspeed
 
         torch.manual_seed(int(cfg["seed"]))

@@ -89,7 +89,8 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[R]`` index of each right-padded row's last real token; a row must have one."""
     lengths = attention_mask.long().sum(-1)
     if bool((lengths == 0).any()):
-        raise ValueError(f"rows {(lengths == 0).nonzero().flatten().tolist()} have no real token (attention_mask all 0)")
+        empty = (lengths == 0).nonzero().flatten().tolist()
+        raise ValueError(f"rows {empty} have no real token (attention_mask all 0)")
     return lengths - 1
 
 
@@ -215,7 +216,9 @@ def save_hf_folder(state: dict[str, torch.Tensor], config: Any, output_dir: str 
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"saving {out}: state does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"saving {out}: state does not match {cls.__name__}: missing {missing}, unexpected {unexpected}"
+        )
     if not score_head and source_path is not None:
         with contextlib.suppress(OSError):
             model.generation_config = GenerationConfig.from_pretrained(source_path)

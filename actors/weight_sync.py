@@ -4,7 +4,7 @@ After every optimizer step of an online stage the generators must sample from th
 A ``WeightTransport`` is driven from the driver process:
 
 ```python
-transport = make_transport("broadcast", timeout_s=120, bucket_mb=64)
+transport = make_transport("broadcast", timeout_s=120, bucket_mb=64, device="cpu")
 transport.setup(learner_handles, generator_handles)   # once (again after a restart)
 stats = transport.sync(version)                         # after each policy update
 transport.close()
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 SENDER_NAME = "learner rank 0"
 _ALIGN = 64  # byte alignment of each tensor inside a bucket (any dtype can view an aligned slice)
 _STORE_PREFIX = "rlhf_weights"
+TIED_EMBED, TIED_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
 
 class WeightSyncError(RuntimeError):
@@ -106,6 +107,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def memory_key(tensor: torch.Tensor) -> tuple:
+    """Equal for two tensors that view the same memory the same way (tied weights)."""
+    return (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+
+
 @dataclass
 class NumpyState:
     """A state dict as numpy arrays, for the Ray object store (numpy is stored and read zero-copy).
@@ -121,15 +127,16 @@ class NumpyState:
     @classmethod
     def from_items(cls, items: Iterable[tuple[str, torch.Tensor]]) -> NumpyState:
         names, arrays, dtypes = [], [], []
-        seen: dict[int, np.ndarray] = {}  # tied tensors (same object) are stored once
+        seen: dict[tuple, np.ndarray] = {}  # tied tensors (same memory) are stored once
         for name, tensor in items:
-            if id(tensor) not in seen:
+            key = memory_key(tensor)
+            if key not in seen:
                 t = tensor.detach().cpu().contiguous()
                 if t.dtype == torch.bfloat16:
                     t = t.view(torch.int16)
-                seen[id(tensor)] = t.numpy()
+                seen[key] = t.numpy()
             names.append(name)
-            arrays.append(seen[id(tensor)])
+            arrays.append(seen[key])
             dtypes.append(_dtype_name(tensor.dtype))
         return cls(names, arrays, dtypes)
 
@@ -285,13 +292,19 @@ class WeightGroup:
         """Rank 0: broadcast ``items`` bucket by bucket, then wait for every generator's ack.
 
         Returns ``{"bytes", "tensors", "buckets", "seconds"}``. A tensor larger than
-        ``bucket_bytes`` travels alone in its own bucket.
+        ``bucket_bytes`` travels alone in its own bucket. A ``lm_head.weight`` sharing the memory
+        of ``model.embed_tokens.weight`` (tied) is not sent: the generator rebuilds it.
         """
         start = time.perf_counter()
         sent_bytes = sent_tensors = buckets = 0
         pending: list[tuple[str, torch.Tensor]] = []
         pending_bytes = 0
+        embed = None  # held until the end, so that its memory cannot be reused by a later tensor
         for name, tensor in items:
+            if name == TIED_HEAD and embed is not None and memory_key(tensor) == memory_key(embed):
+                continue  # a tied head is rebuilt from the embeddings by the generator (load_weights)
+            if name == TIED_EMBED:
+                embed = tensor
             size = tensor.numel() * tensor.element_size()
             if pending and pending_bytes + size > bucket_bytes:
                 sent_bytes += self._send_bucket(pending, version, last=False)
@@ -469,10 +482,10 @@ def wait_named(calls: Sequence[tuple[str, Any]], timeout_s: float, what: str) ->
 def _ray_error_line(exc: BaseException) -> str:
     if isinstance(exc, ray.exceptions.RayActorError):
         return "the actor died or is unreachable"
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        return _first_line(cause)
-    return _first_line(exc)
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, WeightSyncError):  # already names the actor: keep its own words
+        return str(cause).strip().splitlines()[0]
+    return _first_line(cause)
 
 
 def _generator_names(generators: Sequence[Any], timeout_s: float) -> list[str]:
@@ -569,34 +582,20 @@ class BroadcastTransport:
         self.learners, self.generators, self.names = [], [], []
 
 
-TRANSPORTS = {"broadcast": BroadcastTransport, "object_store": ObjectStoreTransport}
+TRANSPORTS = ("broadcast", "object_store")
 
 
-def make_transport(name: str, **kwargs: Any) -> WeightTransport:
-    """Build a transport by name (``broadcast`` | ``object_store``) with its keyword arguments."""
-    try:
-        cls = TRANSPORTS[name]
-    except KeyError:
-        raise ValueError(f"unknown weight-sync transport {name!r}; valid: {', '.join(TRANSPORTS)}") from None
-    return cls(**kwargs)
+def make_transport(name: str, timeout_s: float = 300.0, bucket_mb: float = 64.0,
+                   device: str = "cpu") -> WeightTransport:
+    """Build a transport by name, with one signature for all.
 
-
-# ---------------------------------------------------------------------------------------------
-# Sync check
-
-
-def logprob_gap(generator_logps: torch.Tensor, learner_logps: torch.Tensor,
-                mask: torch.Tensor) -> tuple[float, float]:
-    """Mean and max ``|generator - learner|`` log-prob over the tokens where ``mask`` is true.
-
-    All three are ``[batch, seq]`` (any matching shape); returns ``(0.0, 0.0)`` for an empty mask.
-    A gap far above the numeric noise (~1e-5 fp32, ~1e-2 bf16) means a sync did not take effect.
+    ``bucket_mb`` and ``device`` only matter to ``broadcast`` (``cpu`` -> gloo, ``cuda`` -> nccl).
     """
-    if generator_logps.shape != learner_logps.shape or mask.shape != learner_logps.shape:
-        raise ValueError(f"logprob_gap: shapes differ: generator {tuple(generator_logps.shape)}, "
-                         f"learner {tuple(learner_logps.shape)}, mask {tuple(mask.shape)}")
-    diff = (generator_logps.double() - learner_logps.double()).abs()[mask.bool()]
-    if diff.numel() == 0:
-        return 0.0, 0.0
-    return float(diff.mean()), float(diff.max())
-
+    if name == "broadcast":
+        backends = {"cpu": "gloo", "cuda": "nccl"}
+        if device not in backends:
+            raise ValueError(f"weight-sync device {device!r} is not supported; valid: {', '.join(backends)}")
+        return BroadcastTransport(bucket_mb=bucket_mb, timeout_s=timeout_s, backend=backends[device])
+    if name == "object_store":
+        return ObjectStoreTransport(timeout_s=timeout_s)
+    raise ValueError(f"unknown weight-sync transport {name!r}; valid: {', '.join(TRANSPORTS)}")

@@ -55,7 +55,15 @@ class TrainConfig:
     epochs: int = 1  # online: passes over each rollout batch
     mini_batches: int = 1  # online: optimizer steps per pass over a rollout batch
     seed: int = 0
-    num_cpus_per_actor: float = 1.0
+    num_cpus_per_actor: float | None = None  # None: this machine's cores / num_learners (torch threads follow it)
+
+    @property
+    def cpus_per_actor(self) -> float:
+        if self.num_cpus_per_actor is not None:
+            return self.num_cpus_per_actor
+        import os
+
+        return float(max(1, (os.cpu_count() or 1) // self.num_learners))
 
     @property
     def global_batch(self) -> int:

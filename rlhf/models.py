@@ -99,10 +99,10 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     intermediate 128, max positions 512, untied embeddings, fp32 safetensors. Weights depend only
     on ``seed``. Tokenizer: bos ``<|endoftext|>``, eos ``<|im_end|>``, pad ``<|pad|>``, ChatML
     template ``<|im_start|>role\\n...<|im_end|>\\n``. Loads with ``AutoModelForCausalLM`` /
-    ``AutoTokenizer`` and in vLLM. Takes well under a second.
+    ``AutoTokenizer`` and in vLLM. Takes ~0.3 s once transformers is imported.
     """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,11 +129,36 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         model = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
-    model.save_pretrained(out)
+    save_model(model, out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def save_model(model, out_dir: str | os.PathLike) -> Path:
+    """Write ``config.json``, ``generation_config.json`` and one ``model.safetensors`` (full precision).
+
+    Same files as ``save_pretrained`` for a single-shard model, without its detour through
+    accelerate (which imports deepspeed). With tied embeddings ``lm_head.weight`` is left out,
+    as ``save_pretrained`` does; loaders re-tie it from ``tie_word_embeddings``.
+    """
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    state = {
+        name: tensor.detach().contiguous()
+        for name, tensor in model.state_dict().items()
+        if not (tied and name == "lm_head.weight")
+    }
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    ).save_pretrained(out)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 
 
@@ -194,7 +219,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _cached_tiny_model() -> Path:
-    target = cache_dir() / "models" / "tiny-llama-seed0"
+    target = cache_dir() / "models" / "tiny-llama-v1-seed0"
     return _build_once(target, lambda tmp: build_tiny_model(tmp, seed=0))
 
 
@@ -260,7 +285,7 @@ def default_model_path() -> Path:
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Dequantize a Llama GGUF file into a plain fp32 safetensors HF folder (model + tokenizer)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf_file = Path(gguf_file)
     out = Path(out_dir)
@@ -286,10 +311,7 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
         raise RuntimeError(f"GGUF conversion of {gguf_file}: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     del quantized
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
-    model.save_pretrained(out)
+    save_model(model, out)
     tokenizer.save_pretrained(out)
     (out / "CONVERTED_FROM.txt").write_text(
         f"{gguf_file.name} dequantized to fp32 by rlhf.models.convert_gguf in {time.perf_counter() - start:.1f} s\n"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,11 +111,12 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             summaries.append(run_stage(session, stage, tokenizer, logger))
         print(f"saving the model to {out / 'model'}")
         session.learners.call("save", str(out / "model"))
+        started_actors = session.started_actors()
     finally:
         logger.close()
         session.close()
     summary = {"stages": summaries, "wall_s": round(time.time() - started, 1), "output_dir": str(out),
-               "model": str(out / "model")}
+               "model": str(out / "model"), "actors": started_actors}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -153,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = train(cfg)
-    except (ConfigError, FileNotFoundError, FloatingPointError, TimeoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, OSError, RuntimeError, TimeoutError, FloatingPointError) as err:
+        if os.environ.get("RLHF_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}  (RLHF_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     print(f"done in {summary['wall_s']} s; model: {summary['model']}; metrics: {Path(summary['output_dir'])}")
     return 0

@@ -112,7 +112,7 @@ class Session:
         if self.cfg.ray_address:
             ray.init(address=self.cfg.ray_address, runtime_env=runtime_env, log_to_driver=True)
         else:
-            cpus = max(os.cpu_count() or 1, 8)  # logical CPUs: actors mostly wait on each other
+            cpus = max(4 * (os.cpu_count() or 1), 16)  # logical CPUs: stages alternate, actors mostly wait
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
                      log_to_driver=False)
 
@@ -124,7 +124,7 @@ class Session:
             return
         config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head)
         self.learners = start_learners(self.cfg.train.num_learners, config, timeout_s=self.cfg.timeout_s,
-                                       num_cpus=self.cfg.train.num_cpus_per_actor)
+                                       num_cpus=self.cfg.train.cpus_per_actor)
 
     def start_reference(self) -> None:
         """A frozen copy of the initial model: co-located in the learners or its own actor."""
@@ -136,7 +136,7 @@ class Session:
 
         config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head)
         remote = ray.remote(ReferenceActor).options(
-            num_cpus=self.cfg.train.num_cpus_per_actor, num_gpus=1.0 if self.device == "cuda" else 0.0,
+            num_cpus=self.cfg.train.cpus_per_actor, num_gpus=1.0 if self.device == "cuda" else 0.0,
             name=None)
         self.reference = remote.remote(config)
         self._get(self.reference.info.remote(), "ReferenceActor", "start")
@@ -161,7 +161,8 @@ class Session:
         g = self.cfg.generator
         config = generator_config(self.cfg, self.model_path, self.device)
         gpus = float(g.tensor_parallel_size) if self.device == "cuda" else 0.0
-        remote = ray.remote(GeneratorActor).options(num_cpus=self.cfg.train.num_cpus_per_actor, num_gpus=gpus)
+        cpus = float(max(1, (os.cpu_count() or 1) // g.num_engines))  # generation and training alternate
+        remote = ray.remote(GeneratorActor).options(num_cpus=cpus, num_gpus=gpus)
         self.generators = [remote.remote(i, config) for i in range(g.num_engines)]
         for i, handle in enumerate(self.generators):
             self._get(handle.ping.remote(), f"GeneratorActor[{i}]", "start")
@@ -193,7 +194,7 @@ class Session:
 
         from actors.reward_model import RewardModelActor
 
-        remote = ray.remote(RewardModelActor).options(num_cpus=self.cfg.train.num_cpus_per_actor,
+        remote = ray.remote(RewardModelActor).options(num_cpus=self.cfg.train.cpus_per_actor,
                                                       num_gpus=1.0 if self.device == "cuda" else 0.0)
         self.reward_model = remote.remote({"model_path": path, "dtype": self.cfg.model.dtype, "device": self.device})
         return self.reward_model
@@ -207,6 +208,12 @@ class Session:
             return ray.get(ref, timeout=self.cfg.timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise TimeoutError(f"{actor}.{method} did not answer within {self.cfg.timeout_s:.0f} s") from None
+
+    def started_actors(self) -> dict[str, int]:
+        """How many actors of each role this run started."""
+        return {"learners": len(self.learners) if self.learners is not None else 0,
+                "reference": int(self.reference is not None), "generators": len(self.generators),
+                "reward_model": int(self.reward_model is not None)}
 
     def close(self) -> None:
         import ray

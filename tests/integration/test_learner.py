@@ -107,8 +107,10 @@ def test_lr_factor_warmup_then_cosine():
 
 
 @pytest.mark.integration
-def test_one_step_is_invariant_to_ranks_accumulation_and_stage(ray_cluster, tiny_model):
+def test_one_step_is_invariant_to_ranks_accumulation_and_stage(ray_cluster, tiny_model, tmp_path):
     """2 ranks x 2 micro-batches (ZeRO-2) == 1 rank x 4 (ZeRO-3) == 1 rank x 1 (ZeRO-0) == plain torch."""
+    from transformers import AutoModelForCausalLM
+
     from actors.group import start_learners
 
     want_loss, want_norm, want_state = torch_step(tiny_model, PAIRS, BASE["max_grad_norm"])
@@ -154,6 +156,13 @@ def test_one_step_is_invariant_to_ranks_accumulation_and_stage(ray_cluster, tiny
         dpo = one.call("train_step", per_rank=dpo_args)[0]
         assert dpo["loss"] == pytest.approx(math.log(2), abs=1e-5)
         assert dpo["rewards/margin"] == pytest.approx(0.0, abs=1e-5)
+
+        # A full fine-tune under ZeRO-3 saves a folder AutoModelForCausalLM loads with the same weights.
+        three = groups["1x4-zero3"]
+        three.call("save", str(tmp_path / "full"))
+        saved = AutoModelForCausalLM.from_pretrained(tmp_path / "full", dtype=torch.float32)
+        assert max_diff(dict(saved.state_dict()), three.call("full_state_dict")[0]) == 0.0
+        assert (tmp_path / "full" / "tokenizer.json").is_file()
     finally:
         for group in groups.values():
             group.shutdown()
@@ -181,7 +190,7 @@ def test_zero3_lora_two_ranks_trains_exports_and_saves(ray_cluster, tiny_model, 
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         assert base.config.tie_word_embeddings
         assert sorted(state) == sorted(base.state_dict()) and "lm_head.weight" in state
-        assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in base.state_dict().items()}
+        assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in base.state_dict().items()}
         assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
         assert not torch.equal(state["model.layers.0.self_attn.q_proj.weight"],
                                base.state_dict()["model.layers.0.self_attn.q_proj.weight"]), "LoRA delta merged"
@@ -212,10 +221,13 @@ def test_score_head_learner_saves_a_scoring_model_and_stops_on_nan(ray_cluster, 
 
     from actors.group import ActorCallError, start_learners
 
-    config = {**BASE, "model_path": tiny_model, "zero_stage": 1, "score_head": True, "grad_accum": 2}
+    config = {**BASE, "model_path": tiny_model, "zero_stage": 1, "score_head": True, "grad_accum": 2,
+              "warmup_steps": 2, "total_steps": 4, "min_lr_ratio": 0.5}
     group = start_learners(1, config, timeout_s=300)
     try:
-        losses = [group.call("train_step", per_rank=step_args(PAIRS, 1, 2, "rm"))[0]["loss"] for _ in range(3)]
+        steps = [group.call("train_step", per_rank=step_args(PAIRS, 1, 2, "rm"))[0] for _ in range(3)]
+        assert [s["lr"] for s in steps] == pytest.approx([LR / 2, LR, LR])  # warm-up 1/2, 2/2; cosine starts at 1
+        losses = [s["loss"] for s in steps]
         assert losses[0] == pytest.approx(math.log(2), abs=0.05)  # a fresh head scores pairs about equally
         assert losses[-1] < losses[0], losses
 
@@ -263,3 +275,12 @@ def test_placement_group_wait_is_bounded_and_says_why(ray_cluster):
 
     with pytest.raises(TimeoutError, match=r"waited 2 s for 64 x \{'CPU': 1\.0\}.*cluster has \d+ CPUs"):
         ActorGroup(ReferenceActor, 64, lambda rank: ({},), name="too-big", timeout_s=2)
+
+
+@pytest.mark.integration
+def test_an_actor_that_fails_to_start_is_named(ray_cluster, tiny_model):
+    from actors.group import ActorCallError, ActorGroup
+    from actors.reference import ReferenceActor
+
+    with pytest.raises(ActorCallError, match=r"ReferenceActor\[rank 0\]\.__init__ failed: .*zero_stage must be"):
+        ActorGroup(ReferenceActor, 1, lambda rank: ({"model_path": tiny_model, "zero_stage": 7},), timeout_s=60)

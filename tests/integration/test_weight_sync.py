@@ -105,8 +105,7 @@ def _check_serves(env, ray, state: dict, version: int) -> None:
 def test_sync_makes_generators_serve_new_weights(ray_cluster, env, backend):
     from actors.weight_sync import SyncStats, make_transport
 
-    kwargs = {"bucket_mb": 0.1} if backend == "broadcast" else {}  # several buckets even for the tiny model
-    transport = make_transport(backend, timeout_s=60, **kwargs)
+    transport = make_transport(backend, timeout_s=60, bucket_mb=0.1)  # broadcast: several buckets even here
     transport.setup([env["sender"]], env["gens"])
     try:
         base = env["base"]
@@ -122,6 +121,43 @@ def test_sync_makes_generators_serve_new_weights(ray_cluster, env, backend):
             _check_serves(env, ray_cluster, _perturbed(base, seed), version)
     finally:
         transport.close()
+
+
+def test_tied_head_is_rebuilt_from_the_embeddings(ray_cluster, tiny_model, tmp_path):
+    """A tied model: broadcast skips ``lm_head.weight`` (it shares the embeddings); the generator rebuilds it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from actors.generator import GeneratorActor
+    from actors.weight_sync import make_transport
+
+    untied = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    untied.config.tie_word_embeddings = True
+    model = LlamaForCausalLM(untied.config).eval()
+    model.load_state_dict({k: v for k, v in untied.state_dict().items() if k != "lm_head.weight"}, strict=False)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+
+    config = {"model_path": str(tmp_path), "max_model_len": 128, "kv_cache_bytes": 128 << 20}
+    gen = ray_cluster.remote(GeneratorActor).options(num_cpus=1).remote(0, config)
+    sender = _sender_actor(ray_cluster, str(tmp_path))
+    transport = make_transport("broadcast", timeout_s=60)
+    try:
+        ray_cluster.get(sender.perturb.remote(3), timeout=TIMEOUT)
+        transport.setup([sender], [gen])
+        stats = transport.sync(1)
+        assert stats.tensors == len(base) - 1  # lm_head.weight not sent
+        model.load_state_dict(_perturbed(base, 3))  # the head keeps the last of the two noisy copies
+        prompt = AutoTokenizer.from_pretrained(tiny_model)(TEXTS[0])["input_ids"]
+        [[sample]] = ray_cluster.get(gen.generate.remote([prompt], GREEDY), timeout=TIMEOUT)
+        logps, argmax = _hf_logps(model, prompt, sample["completion_ids"])
+        assert torch.tensor(sample["logps"]) == pytest.approx(logps, abs=1e-4)
+        assert sample["completion_ids"] == argmax.tolist()
+    finally:
+        transport.close()
+        for actor in (gen, sender):
+            ray_cluster.kill(actor)
 
 
 def test_failures_name_the_actor(ray_cluster, env):
@@ -164,3 +200,5 @@ def test_failures_name_the_actor(ray_cluster, env):
         transport.close()
     with pytest.raises(WeightSyncError, match="generator at position 1 failed: the actor died"):
         transports[0].setup([sender], gens)
+    with pytest.raises(ValueError, match="unknown weight-sync transport 'nccl'; valid: broadcast, object_store"):
+        make_transport("nccl")

@@ -87,10 +87,10 @@ def test_resolve_model_names(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_model(tiny_model) == tiny_model
     tiny = resolve_model("tiny")
-    assert Path(tiny) == tmp_path / "cache" / "models" / "tiny-llama-seed0"
+    assert Path(tiny) == tmp_path / "cache" / "models" / "tiny-llama-v1-seed0"
     assert (Path(tiny) / "config.json").is_file()
     assert resolve_model("tiny") == tiny  # cached: same folder, not rebuilt
-    assert not list((tmp_path / "cache" / "models").glob(".tiny-llama-seed0.*"))  # no temp dir left
+    assert not list((tmp_path / "cache" / "models").glob(".tiny-llama-v1-seed0.*"))  # no temp dir left
     with pytest.raises(OSError, match="HF_HUB_OFFLINE=1") as info:
         resolve_model("nobody/no-such-model-xyz")
     assert "\n" not in str(info.value)
