@@ -192,6 +192,35 @@ class LearnerActor(WeightSenderMixin):
         model.eval().requires_grad_(False)
         return model
 
+    def start_stage(self, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float,
+                    reset_optimizer: bool = False) -> dict[str, float]:
+        """Begin a schedule stage: its own warm-up + cosine from ``lr``; optionally forget Adam's moments.
+
+        The optimizer keeps its parameters (and, unless ``reset_optimizer``, its moment
+        estimates); only the learning-rate schedule restarts. Returns the first step's rate.
+        """
+        self._require_setup()
+        sched = self.engine.lr_scheduler
+        sched.base_lrs = [float(lr)] * len(sched.base_lrs)
+        sched.lr_lambdas = [lambda s: common.lr_factor(s, int(warmup_steps), int(total_steps), float(min_lr_ratio))
+                            ] * len(sched.lr_lambdas)
+        sched.last_epoch = 0
+        first = [base * fn(0) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, value in zip(sched.optimizer.param_groups, first):
+            group["lr"] = value
+        sched._last_lr = first
+        if reset_optimizer:
+            inner = self.engine.optimizer
+            while hasattr(inner, "optimizer"):  # ZeRO wrappers hold the torch optimizer
+                inner = inner.optimizer
+            for state in inner.state.values():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        value.zero_()
+                    elif key == "step":
+                        state[key] = 0
+        return {"lr": first[0]}
+
     # ---- training -----------------------------------------------------------------------------
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]], objective: str, params: dict[str, Any],

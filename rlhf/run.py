@@ -100,15 +100,16 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     score_head = any(get(s.cfg.algo).output == "score" for s in stages)
     if score_head and len(stages) > 1:
         raise ConfigError("a reward-model stage trains a scoring head and cannot share a schedule with policy stages")
-    total_steps = sum(s.cfg.train.max_steps * _updates_per_step(s.cfg) for s in stages)
+    total_steps = stages[0].cfg.train.max_steps * _updates_per_step(stages[0].cfg)  # each stage restarts it
+    data = [load_stage_data(s.cfg, tokenizer) for s in stages]  # bad data fails before any actor starts
     logger = MetricLogger(out)
     started = time.time()
     session = Session(stages[0].cfg, model_path, total_steps=total_steps, score_head=score_head)
     summaries = []
     try:
         session.start_learners()
-        for stage in stages:
-            summaries.append(run_stage(session, stage, tokenizer, logger))
+        for stage, stage_data in zip(stages, data):
+            summaries.append(run_stage(session, stage, stage_data, tokenizer, logger))
         print(f"saving the model to {out / 'model'}")
         session.learners.call("save", str(out / "model"))
         started_actors = session.started_actors()
@@ -125,19 +126,31 @@ def _updates_per_step(cfg: RunConfig) -> int:
     return cfg.train.epochs * cfg.train.mini_batches if get(cfg.algo).mode == "online" else 1
 
 
-def run_stage(session: Any, stage: Any, tokenizer: Any, logger: Any) -> dict[str, Any]:
+def load_stage_data(cfg: RunConfig, tokenizer: Any) -> Any:
+    """A stage's tokenized data: offline examples and held-out pairs, or online prompts."""
+    if get(cfg.algo).mode == "offline":
+        from rlhf.driver.offline import load_offline_data
+
+        return load_offline_data(cfg, tokenizer)
+    from rlhf.driver.online import load_prompts
+
+    return load_prompts(cfg, tokenizer)
+
+
+def run_stage(session: Any, stage: Any, data: Any, tokenizer: Any, logger: Any) -> dict[str, Any]:
     from rlhf.driver.session import check_same_learners
 
     check_same_learners(session.cfg, stage.cfg, stage.name)
-    if stage.reset_optimizer:
-        session.learners.call("reset_optimizer")
+    t = stage.cfg.train
+    session.learners.call("start_stage", t.lr, t.warmup_steps, t.max_steps * _updates_per_step(stage.cfg),
+                          t.min_lr_ratio, stage.reset_optimizer)
     if get(stage.cfg.algo).mode == "offline":
         from rlhf.driver.offline import run_offline_stage
 
-        return run_offline_stage(session, stage.cfg, tokenizer, logger, stage.name)
+        return run_offline_stage(session, stage.cfg, data, tokenizer, logger, stage.name)
     from rlhf.driver.online import run_online_stage
 
-    return run_online_stage(session, stage.cfg, tokenizer, logger, stage.name)
+    return run_online_stage(session, stage.cfg, data, tokenizer, logger, stage.name)
 
 
 def main(argv: list[str] | None = None) -> int:

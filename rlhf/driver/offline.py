@@ -60,12 +60,12 @@ def load_offline_data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[
     return train, held_out, info
 
 
-def run_offline_stage(session: Any, cfg: RunConfig, tokenizer: Any, logger: MetricLogger,
-                      stage_name: str) -> dict[str, Any]:
-    """Train ``cfg.train.max_steps`` optimizer steps of ``cfg.algo``; return the summary."""
+def run_offline_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], list[dict], dict[str, Any]],
+                      tokenizer: Any, logger: MetricLogger, stage_name: str) -> dict[str, Any]:
+    """Train ``cfg.train.max_steps`` optimizer steps of ``cfg.algo`` on ``data`` (``load_offline_data``)."""
     objective = get(cfg.algo)
     params = objective_params(cfg)
-    train, held_out, info = load_offline_data(cfg, tokenizer)
+    train, held_out, info = data
     for split, stats in info.items():
         if stats:
             print(f"[{stage_name}] {split} data: {stats}")

@@ -88,15 +88,20 @@ def _sampling(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
             "max_tokens": g.max_tokens, "stop_token_ids": [tokenizer.eos_token_id]}
 
 
-def run_online_stage(session: Any, cfg: RunConfig, tokenizer: Any, logger: MetricLogger,
-                     stage_name: str) -> dict[str, Any]:
-    """Run ``cfg.train.max_steps`` rollout steps of ``cfg.algo``; return the summary."""
+def load_prompts(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], Any]:
+    """Tokenized prompt rows (every dataset column kept for the rewards) and their counts."""
+    rows = rdata.load_dataset_spec(data_spec(cfg), "prompts", seed=cfg.train.seed, n=cfg.data.size)
+    return rdata.tokenize_prompts(rows, tokenizer, max_prompt_length=cfg.model.max_prompt_length,
+                                  policy=cfg.model.truncation, source=cfg.data.train)
+
+
+def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any], tokenizer: Any,
+                     logger: MetricLogger, stage_name: str) -> dict[str, Any]:
+    """Run ``cfg.train.max_steps`` rollout steps of ``cfg.algo`` on ``data`` (``load_prompts``)."""
     objective = get(cfg.algo)
     params = objective_params(cfg)
     t, g = cfg.train, cfg.generator
-    rows = rdata.load_dataset_spec(data_spec(cfg), "prompts", seed=t.seed, n=cfg.data.size)
-    prompts, stats = rdata.tokenize_prompts(rows, tokenizer, max_prompt_length=cfg.model.max_prompt_length,
-                                            policy=cfg.model.truncation, source=cfg.data.train)
+    prompts, stats = data
     print(f"[{stage_name}] prompts: {stats}")
     session.start_generators()
     if objective.needs_reference(params):

@@ -18,7 +18,8 @@ from rlhf.config import RunConfig
 log = logging.getLogger("rlhf")
 
 # Settings that shape the learner actors; stages share live learners, so these must not change.
-LEARNER_SHAPE = ("model", "train.num_learners", "train.zero_stage", "train.num_cpus_per_actor")
+LEARNER_SHAPE = ("model", "train.num_learners", "train.zero_stage", "train.num_cpus_per_actor", "train.grad_accum",
+                 "train.max_grad_norm", "train.weight_decay", "train.seed")
 
 
 def resolve_device(cfg: RunConfig) -> str:

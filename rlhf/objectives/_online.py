@@ -8,17 +8,19 @@ Online batches (``rlhf.batch.collate_samples``): ``input_ids``, ``attention_mask
 Each objective differs only in how ``prepare`` turns rewards into ``advantages``; the loss is the
 same: ``aggregate(ppo_clip_loss) + kl_coef * aggregate(kl(token_logps, ref))`` when the KL is in
 the loss (``kl_in_reward=False``), or the clip loss alone when the KL is folded into the rewards.
+``online_objective`` builds the registry entry from just those differences.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from rlhf.objectives.base import GlobalCounts
+from rlhf.advantages import to_tokens
+from rlhf.objectives.base import GlobalCounts, Objective, PrepareFn
 from rlhf.policy_loss import KL_ESTIMATORS, KLEstimator, kl, ppo_clip_loss
 from rlhf.reduction import aggregate
 
@@ -112,6 +114,21 @@ def outcome_rewards(batch: Mapping[str, torch.Tensor], params: OnlineParams, who
     return rewards
 
 
+def outcome_prepare(
+    batch: dict[str, torch.Tensor],
+    params: OnlineParams,
+    who: str,
+    estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """``prepare`` of the outcome estimators: ``batch`` plus ``advantages`` ``[R, T]``.
+
+    ``estimator(rewards [R], group [R]) -> [R]`` turns ``outcome_rewards`` into per-row advantages,
+    which are given to every response token (0 elsewhere).
+    """
+    advantages = estimator(outcome_rewards(batch, params, who), batch["group"])
+    return {**batch, "advantages": to_tokens(advantages, batch["response_mask"].float())}
+
+
 def online_loss(
     token_logps: torch.Tensor, batch: Mapping[str, torch.Tensor], params: OnlineParams, counts: GlobalCounts
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -151,3 +168,20 @@ def online_loss(
         metrics["kl"] = aggregate(kl_t.detach(), mask, "token-mean", n_seq, n_tok)
     metrics["loss"] = loss.detach()
     return loss, metrics
+
+
+def online_objective(name: str, params: type[OnlineParams], prepare: PrepareFn, paper: str) -> Objective:
+    """The registry entry of an online objective: what it shares with the others (data kind, loss,
+    fields, reference rule) plus its own ``name``, ``params`` type, ``prepare`` and ``paper``."""
+    return Objective(
+        name=name,
+        mode="online",
+        data="prompts",
+        params=params,
+        fields=LOSS_FIELDS,
+        output="token_logps",
+        needs_reference=needs_reference,
+        loss=online_loss,
+        prepare=prepare,
+        paper=paper,
+    )

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
+from rlhf.objectives._pairs import preference_metrics, share, smoothed_sigmoid_loss
 from rlhf.objectives.base import Batch, GlobalCounts, Objective, register
-from rlhf.reduction import aggregate, sequence_logps
+from rlhf.reduction import sequence_logps
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -62,11 +62,6 @@ def _logratios(token_logps: torch.Tensor, batch: Batch, params: Params) -> torch
     return policy - sequence_logps(ref.detach().float(), mask, average=average)
 
 
-def _share(values: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:
-    """This micro-batch's share of the global mean over examples of per-example ``values``."""
-    return aggregate(values, None, "seq-mean", global_sequences=counts.examples, global_tokens=counts.tokens)
-
-
 def loss(
     token_logps: torch.Tensor, batch: Batch, params: Params, counts: GlobalCounts
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -87,19 +82,14 @@ def loss(
     chosen, rejected = rho.chunk(2)
     h = chosen - rejected
     if params.loss_type == "sigmoid":
-        eps = params.label_smoothing
-        per_pair = -(1 - eps) * F.logsigmoid(params.beta * h) - eps * F.logsigmoid(-params.beta * h)
+        per_pair = smoothed_sigmoid_loss(params.beta * h, params.label_smoothing)
     else:
         per_pair = (h - 1 / (2 * params.beta)) ** 2
 
-    total = _share(per_pair, counts)
-    r_c, r_r = params.beta * chosen.detach(), params.beta * rejected.detach()
+    total = share(per_pair, counts)
     metrics = {
         "loss": total.detach(),
-        "rewards/chosen": _share(r_c, counts),
-        "rewards/rejected": _share(r_r, counts),
-        "rewards/accuracy": _share((r_c > r_r).float(), counts),
-        "rewards/margin": _share(r_c - r_r, counts),
+        **preference_metrics(params.beta * chosen.detach(), params.beta * rejected.detach(), counts),
     }
     return total, metrics
 

@@ -20,12 +20,13 @@ Batch: see ``rlhf.objectives._online``. Shapes: ``token_logps`` ``[R, T]``; ``re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from rlhf.advantages import group_normalized, to_tokens
-from rlhf.objectives._online import LOSS_FIELDS, OnlineParams, needs_reference, online_loss, outcome_rewards
-from rlhf.objectives.base import Objective, register
+from rlhf.advantages import group_normalized
+from rlhf.objectives._online import OnlineParams, online_objective, outcome_prepare
+from rlhf.objectives.base import register
 
 
 @dataclass(frozen=True)
@@ -39,22 +40,10 @@ class GRPOParams(OnlineParams):
 @torch.no_grad()
 def prepare(batch: dict[str, torch.Tensor], params: GRPOParams) -> dict[str, torch.Tensor]:
     """Write ``advantages`` ``[R, T]``: the group-normalised reward on every response token."""
-    rewards = outcome_rewards(batch, params, "grpo.prepare")
-    advantages = group_normalized(rewards, batch["group"], params.norm_std, params.eps)
-    return {**batch, "advantages": to_tokens(advantages, batch["response_mask"].float())}
+    estimator = partial(group_normalized, norm_std=params.norm_std, eps=params.eps)
+    return outcome_prepare(batch, params, "grpo.prepare", estimator)
 
 
 GRPO = register(
-    Objective(
-        name="grpo",
-        mode="online",
-        data="prompts",
-        params=GRPOParams,
-        fields=LOSS_FIELDS,
-        output="token_logps",
-        needs_reference=needs_reference,
-        loss=online_loss,
-        prepare=prepare,
-        paper="Shao et al. 2024, DeepSeekMath (GRPO), arXiv:2402.03300",
-    )
+    online_objective("grpo", GRPOParams, prepare, "Shao et al. 2024, DeepSeekMath (GRPO), arXiv:2402.03300")
 )

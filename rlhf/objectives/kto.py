@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf.objectives._pairs import share
 from rlhf.objectives.base import Batch, GlobalCounts, Objective, register
-from rlhf.reduction import aggregate, sequence_logps
+from rlhf.reduction import sequence_logps
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,6 @@ def _logratios(token_logps: torch.Tensor, batch: Batch) -> torch.Tensor:
             f"response_mask {tuple(mask.shape)} must have the same shape"
         )
     return sequence_logps(token_logps.float(), mask) - sequence_logps(ref.detach().float(), mask)
-
-
-def _share(values: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:
-    """This micro-batch's share of the global mean over real rows of per-row ``values``."""
-    return aggregate(values, None, "seq-mean", global_sequences=counts.examples, global_tokens=counts.tokens)
 
 
 def loss(
@@ -93,16 +89,16 @@ def loss(
         params.desirable_weight * (1 - torch.sigmoid(params.beta * (real - z0))),
         params.undesirable_weight * (1 - torch.sigmoid(params.beta * (z0 - real))),
     )
-    total = _share(per_row, counts)
+    total = share(per_row, counts)
     reward = params.beta * real.detach()
     zero = torch.zeros_like(reward)
     metrics = {
         "loss": total.detach(),
-        "kl": _share(z0.expand(n), counts),
-        "rewards/chosen_sum": _share(torch.where(desirable, reward, zero), counts),
-        "rewards/rejected_sum": _share(torch.where(desirable, zero, reward), counts),
-        "count/chosen": _share(desirable.float(), counts),
-        "count/rejected": _share((~desirable).float(), counts),
+        "kl": share(z0.expand(n), counts),
+        "rewards/chosen_sum": share(torch.where(desirable, reward, zero), counts),
+        "rewards/rejected_sum": share(torch.where(desirable, zero, reward), counts),
+        "count/chosen": share(desirable.float(), counts),
+        "count/rejected": share((~desirable).float(), counts),
     }
     return total, metrics
 

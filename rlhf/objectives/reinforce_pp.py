@@ -28,15 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.advantages import reinforce_pp, reinforce_pp_baseline
-from rlhf.objectives._online import (
-    LOSS_FIELDS,
-    OnlineParams,
-    checked_rewards,
-    needs_reference,
-    online_loss,
-    reward_kl,
-)
-from rlhf.objectives.base import Objective, register
+from rlhf.objectives._online import OnlineParams, checked_rewards, online_objective, reward_kl
+from rlhf.objectives.base import register
 from rlhf.policy_loss import KLEstimator
 
 PAPER = "Hu 2025, REINFORCE++, arXiv:2501.03262"
@@ -57,52 +50,34 @@ class ReinforcePPParams(OnlineParams):
             raise ValueError(f"gamma must be in (0, 1] (got {self.gamma})")
 
 
+def _with_advantages(
+    batch: dict[str, torch.Tensor], params: ReinforcePPParams, baseline: bool
+) -> dict[str, torch.Tensor]:
+    """``batch`` plus ``advantages`` ``[R, T]`` from ``reinforce_pp`` (or its group-mean baseline variant)."""
+    who = "reinforce_pp_baseline.prepare" if baseline else "reinforce_pp.prepare"
+    rewards = checked_rewards(batch, who)
+    mask = batch["response_mask"].float()
+    penalty = reward_kl(batch, params, who)
+    if baseline:
+        advantages, _ = reinforce_pp_baseline(rewards, batch["group"], mask, penalty, params.kl_coef, params.gamma)
+    else:
+        advantages, _ = reinforce_pp(rewards, mask, penalty, params.kl_coef, params.gamma)
+    return {**batch, "advantages": advantages}
+
+
 @torch.no_grad()
 def prepare(batch: dict[str, torch.Tensor], params: ReinforcePPParams) -> dict[str, torch.Tensor]:
     """Write ``advantages`` ``[R, T]``: whitened returns of the KL-penalised token rewards."""
-    rewards = checked_rewards(batch, "reinforce_pp.prepare")
-    mask = batch["response_mask"].float()
-    penalty = reward_kl(batch, params, "reinforce_pp.prepare")
-    advantages, _ = reinforce_pp(rewards, mask, penalty, params.kl_coef, params.gamma)
-    return {**batch, "advantages": advantages}
+    return _with_advantages(batch, params, baseline=False)
 
 
 @torch.no_grad()
 def prepare_baseline(batch: dict[str, torch.Tensor], params: ReinforcePPParams) -> dict[str, torch.Tensor]:
     """As ``prepare``, after subtracting each group's mean scalar reward."""
-    rewards = checked_rewards(batch, "reinforce_pp_baseline.prepare")
-    mask = batch["response_mask"].float()
-    penalty = reward_kl(batch, params, "reinforce_pp_baseline.prepare")
-    advantages, _ = reinforce_pp_baseline(rewards, batch["group"], mask, penalty, params.kl_coef, params.gamma)
-    return {**batch, "advantages": advantages}
+    return _with_advantages(batch, params, baseline=True)
 
 
-REINFORCE_PP = register(
-    Objective(
-        name="reinforce_pp",
-        mode="online",
-        data="prompts",
-        params=ReinforcePPParams,
-        fields=LOSS_FIELDS,
-        output="token_logps",
-        needs_reference=needs_reference,
-        loss=online_loss,
-        prepare=prepare,
-        paper=PAPER,
-    )
-)
-
+REINFORCE_PP = register(online_objective("reinforce_pp", ReinforcePPParams, prepare, PAPER))
 REINFORCE_PP_BASELINE = register(
-    Objective(
-        name="reinforce_pp_baseline",
-        mode="online",
-        data="prompts",
-        params=ReinforcePPParams,
-        fields=LOSS_FIELDS,
-        output="token_logps",
-        needs_reference=needs_reference,
-        loss=online_loss,
-        prepare=prepare_baseline,
-        paper=PAPER + " (baseline variant)",
-    )
+    online_objective("reinforce_pp_baseline", ReinforcePPParams, prepare_baseline, PAPER + " (baseline variant)")
 )

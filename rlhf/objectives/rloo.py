@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.advantages import leave_one_out, to_tokens
-from rlhf.objectives._online import LOSS_FIELDS, OnlineParams, needs_reference, online_loss, outcome_rewards
-from rlhf.objectives.base import Objective, register
+from rlhf.advantages import leave_one_out
+from rlhf.objectives._online import OnlineParams, online_objective, outcome_prepare
+from rlhf.objectives.base import register
 
 
 @dataclass(frozen=True)
@@ -35,22 +35,9 @@ class RLOOParams(OnlineParams):
 @torch.no_grad()
 def prepare(batch: dict[str, torch.Tensor], params: RLOOParams) -> dict[str, torch.Tensor]:
     """Write ``advantages`` ``[R, T]``: the leave-one-out advantage on every response token."""
-    rewards = outcome_rewards(batch, params, "rloo.prepare")
-    advantages = leave_one_out(rewards, batch["group"])
-    return {**batch, "advantages": to_tokens(advantages, batch["response_mask"].float())}
+    return outcome_prepare(batch, params, "rloo.prepare", leave_one_out)
 
 
 RLOO = register(
-    Objective(
-        name="rloo",
-        mode="online",
-        data="prompts",
-        params=RLOOParams,
-        fields=LOSS_FIELDS,
-        output="token_logps",
-        needs_reference=needs_reference,
-        loss=online_loss,
-        prepare=prepare,
-        paper="Ahmadian et al. 2024, Back to Basics (RLOO), arXiv:2402.14740",
-    )
+    online_objective("rloo", RLOOParams, prepare, "Ahmadian et al. 2024, Back to Basics (RLOO), arXiv:2402.14740")
 )

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlhf.objectives._pairs import share
 from rlhf.objectives.base import Batch, GlobalCounts, Objective, register
-from rlhf.reduction import aggregate
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,6 @@ class Params:
     def __post_init__(self) -> None:
         if self.center_rewards_coefficient < 0:
             raise ValueError(f"rm center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}")
-
-
-def _share(values: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:
-    """This micro-batch's share of the global mean over pairs of per-pair ``values``."""
-    return aggregate(values, None, "seq-mean", global_sequences=counts.examples, global_tokens=counts.tokens)
 
 
 def loss(
@@ -63,12 +58,12 @@ def loss(
     per_pair = -F.logsigmoid(chosen - rejected - params.margin)
     if params.center_rewards_coefficient > 0:
         per_pair = per_pair + params.center_rewards_coefficient * (chosen + rejected) ** 2
-    total = _share(per_pair, counts)
+    total = share(per_pair, counts)
     diff = (chosen - rejected).detach()
     metrics = {
         "loss": total.detach(),
-        "accuracy": _share((diff > 0).float(), counts),
-        "margin": _share(diff, counts),
+        "accuracy": share((diff > 0).float(), counts),
+        "margin": share(diff, counts),
     }
     return total, metrics
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
+from rlhf.objectives._pairs import preference_metrics, share, smoothed_sigmoid_loss
 from rlhf.objectives.base import Batch, GlobalCounts, Objective, register
-from rlhf.reduction import aggregate, sequence_logps
+from rlhf.reduction import sequence_logps
 
 LOSS_TYPES = ("sigmoid", "hinge")
 
@@ -65,11 +65,6 @@ def _avg_logps(token_logps: torch.Tensor, batch: Batch) -> torch.Tensor:
     return sequence_logps(token_logps.float(), mask, average=True)
 
 
-def _share(values: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:
-    """This micro-batch's share of the global mean over examples of per-example ``values``."""
-    return aggregate(values, None, "seq-mean", global_sequences=counts.examples, global_tokens=counts.tokens)
-
-
 def loss(
     token_logps: torch.Tensor, batch: Batch, params: Params, counts: GlobalCounts
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -90,25 +85,20 @@ def loss(
     chosen, rejected = avg.chunk(2)
     logits = params.beta * (chosen - rejected - params.gamma_beta_ratio)
     if params.loss_type == "sigmoid":
-        eps = params.label_smoothing
-        per_pair = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+        per_pair = smoothed_sigmoid_loss(logits, params.label_smoothing)
     else:
         per_pair = torch.relu(1 - logits)
     sft = -chosen
     if params.sft_weight > 0:
         per_pair = per_pair + params.sft_weight * sft
 
-    total = _share(per_pair, counts)
-    r_c, r_r = params.beta * chosen.detach(), params.beta * rejected.detach()
+    total = share(per_pair, counts)
     metrics = {
         "loss": total.detach(),
-        "rewards/chosen": _share(r_c, counts),
-        "rewards/rejected": _share(r_r, counts),
-        "rewards/accuracy": _share((r_c > r_r).float(), counts),
-        "rewards/margin": _share(r_c - r_r, counts),
+        **preference_metrics(params.beta * chosen.detach(), params.beta * rejected.detach(), counts),
     }
     if params.sft_weight > 0:
-        metrics["sft_loss"] = _share(sft.detach(), counts)
+        metrics["sft_loss"] = share(sft.detach(), counts)
     return total, metrics
 
 

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "rlhf.run", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 @pytest.mark.parametrize("algo", ["simpo", "dpo", "kto", "rm"])
-def test_offline_algo_runs_and_saves_a_loadable_model(algo, tiny_model, tmp_path):
+def test_offline_algo_runs_and_saves_a_loadable_model(algo, tiny_model, tmp_path, run_cli):
     out = tmp_path / algo
     proc = run_cli("--algo", algo, "--max-steps", "2", "--output-dir", str(out), "--model", tiny_model,
                    "data.size=48", "data.eval_size=8", "progress=false")
@@ -42,19 +33,19 @@ def test_offline_algo_runs_and_saves_a_loadable_model(algo, tiny_model, tmp_path
         AutoModelForCausalLM.from_pretrained(out / "model")
 
 
-def test_bad_config_key_is_one_line_error(tmp_path):
+def test_bad_config_key_is_one_line_error(run_cli):
     proc = run_cli("--algo", "simpo", "train.lrr=1", timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "lrr" in lines[0] and "valid:" in lines[0]
 
 
-def test_unknown_algo_lists_valid_names():
+def test_unknown_algo_lists_valid_names(run_cli):
     proc = run_cli("--algo", "ppo2", timeout=120)
     assert proc.returncode == 2 and "valid: dpo, grpo" in proc.stderr
 
 
-def test_malformed_data_row_names_file_row_field(tmp_path, tiny_model):
+def test_malformed_data_row_names_file_row_field(tmp_path, tiny_model, run_cli):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
     proc = run_cli("--algo", "simpo", "--model", tiny_model, "--data", str(bad), "--max-steps", "1",
