@@ -1,9 +1,11 @@
 """Rows from files, the hub or the built-in tasks; a seeded train/eval split.
 
-- ``load_rows(path_or_name, split)``: ``.jsonl`` / ``.json`` (read with the ``json`` module, so
-  every row keeps exactly its own fields and a bad line is reported by number), ``.parquet``
-  (pyarrow, the engine under ``datasets``), a local folder or a hub name (``datasets.load_dataset``;
-  fails in one line when offline).
+- ``load_rows(path_or_name, split)``: ``.jsonl`` / ``.json`` / ``.parquet`` files are loaded with
+  ``datasets`` (its ``json`` / ``parquet`` builders, cached in a temporary folder, nothing left in
+  the user's cache). Where ``datasets`` cannot build a table (bad JSON, a field whose type varies
+  between rows) the file is read again row by row with ``json`` / pyarrow, so the error names the
+  line or the row and field instead of an Arrow schema. A local folder or a hub name goes to
+  ``datasets.load_dataset`` (fails in one line when offline).
 - ``load_dataset_spec(spec, kind, seed, n)``: ``default`` -> the built-in reasoning-gym data of
   that kind (chain_sum), ``rg:TASK`` -> that task, anything else -> ``load_rows``; the rows are
   validated for ``kind`` before they are returned.
@@ -37,6 +39,9 @@ def load_rows(path_or_name: str | Path, split: str = "train") -> list[dict[str, 
     if suffix in FILE_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+        rows = _datasets_file(path, suffix, split)
+        if rows is not None:
+            return rows
         if suffix == ".jsonl":
             return _read_jsonl(path)
         if suffix == ".json":
@@ -45,6 +50,35 @@ def load_rows(path_or_name: str | Path, split: str = "train") -> list[dict[str, 
     if suffix in (".csv", ".tsv", ".txt", ".arrow", ".yaml", ".yml") or (path.exists() and not path.is_dir()):
         raise ValueError(f"data file {str(path)!r}: unsupported format (use {', '.join(FILE_SUFFIXES)})")
     return _load_with_datasets(str(path_or_name), split)
+
+
+def _datasets_file(path: Path, suffix: str, split: str) -> list[dict[str, Any]] | None:
+    """Rows through ``datasets``' file builders, or None when it cannot build a table.
+
+    ``datasets`` gives every row the union of all fields (absent ones as None); a None in a
+    required field is reported by the row validator like a missing one. A ``.json`` object with
+    the rows under ``split`` is left to the plain reader.
+    """
+    import tempfile
+
+    import datasets
+
+    if suffix == ".json" and path.read_text(encoding="utf-8", errors="replace").lstrip()[:1] != "[":
+        return None  # an object with the rows under a split name, or not JSON at all: the plain reader says which
+    builder = "parquet" if suffix == ".parquet" else "json"
+    with tempfile.TemporaryDirectory(prefix="rlhf-datasets-") as cache:
+        try:
+            progress = datasets.utils.logging.is_progress_bar_enabled()
+            datasets.utils.logging.disable_progress_bar()
+            try:
+                ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
+                                           keep_in_memory=True)
+            finally:
+                if progress:
+                    datasets.utils.logging.enable_progress_bar()
+            return ds.to_list()
+        except Exception:  # noqa: BLE001 - any failure: the row-by-row reader says where
+            return None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -60,7 +60,7 @@ def _field(row: Mapping, name: str, source: str, i: int) -> Any:
     if name not in row:
         raise DataError(f"{where(source, i, name)} is missing (fields present: {', '.join(map(str, row)) or 'none'})")
     if row[name] is None:
-        raise DataError(f"{where(source, i, name)} is null")
+        raise DataError(f"{where(source, i, name)} is missing or null")  # datasets fills absent fields with None
     return row[name]
 
 

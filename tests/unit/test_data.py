@@ -224,7 +224,7 @@ def test_malformed_parquet_null_and_bad_json_line(tmp_path, tok):
     rows = [{"prompt": "p", "completion": "c", "label": True}, {"prompt": "p", "completion": None, "label": False}]
     path = tmp_path / "kto.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    with pytest.raises(DataError, match=r"kto\.parquet: row 1 \(0-based\), field 'completion' is null"):
+    with pytest.raises(DataError, match=r"kto\.parquet: row 1 \(0-based\), field 'completion' is missing or null"):
         load_dataset_spec(str(path), "unpaired")
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"prompt": "p"}\n{"prompt": \n')
