@@ -126,13 +126,15 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any],
         started = time.time()
         outputs = session.generate([prompts[i]["prompt_ids"] for i in picked], sampling)
         metrics["time/generate"] = time.time() - started
-        flat = [(p, s) for p, samples in zip(picked, outputs) for s in samples]
-        rewards, reward_stats = scorer([s["text"] for _, s in flat],
-                                       [{**prompts[p], "completion_ids": s["completion_ids"]} for p, s in flat])
+        # group = the prompt's slot in this step (a prompt drawn twice across an epoch boundary
+        # makes two groups, not one group of 2n)
+        flat = [(slot, p, s) for slot, (p, samples) in enumerate(zip(picked, outputs)) for s in samples]
+        rewards, reward_stats = scorer([s["text"] for _, _, s in flat],
+                                       [{**prompts[p], "completion_ids": s["completion_ids"]} for _, p, s in flat])
         examples = [
             {"prompt_ids": prompts[p]["prompt_ids"], "completion_ids": s["completion_ids"], "reward": r,
-             "group": p, "behaviour_logps": s["logps"]}
-            for (p, s), r in zip(flat, rewards) if r is not None and s["completion_ids"]
+             "group": slot, "behaviour_logps": s["logps"]}
+            for (slot, p, s), r in zip(flat, rewards) if r is not None and s["completion_ids"]
         ]
         unit = t.mini_batches * t.num_learners * t.grad_accum
         keep = len(examples) - len(examples) % unit
