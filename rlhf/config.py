@@ -289,6 +289,8 @@ def build_config(
     for text in overrides or []:
         sources.append((f"override {text!r}", parse_override(text)))
     for where, update in sources:
+        if isinstance(update.get("reward"), (str, list)):  # reward=module:function (or a list): the functions
+            update = {**update, "reward": {"functions": update["reward"]}}
         data = merge(data, update)
         try:
             from_dict(RunConfig, data)

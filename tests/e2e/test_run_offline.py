@@ -33,6 +33,19 @@ def test_offline_algo_runs_and_saves_a_loadable_model(algo, tiny_model, tmp_path
         AutoModelForCausalLM.from_pretrained(out / "model")
 
 
+def test_lora_bf16_zero2_saves_merged_and_adapter(tiny_model, tmp_path, run_cli):
+    out = tmp_path / "lora"
+    proc = run_cli("--algo", "simpo", "--max-steps", "2", "--output-dir", str(out), "--model", tiny_model,
+                   "data.size=24", "data.eval_size=8", "model.lora_r=4", "model.dtype=bfloat16",
+                   "train.zero_stage=2", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model" / "adapter" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
 def test_bad_config_key_is_one_line_error(run_cli):
     proc = run_cli("--algo", "simpo", "train.lrr=1", timeout=120)
     assert proc.returncode == 2

@@ -38,10 +38,11 @@ def test_two_engines_two_learners_zero3_object_store(tiny_model, tmp_path, run_c
     proc = run_cli("--algo", "grpo", "--max-steps", "2", "--output-dir", str(out), "--model", tiny_model,
                    "data.size=16", "generator.num_engines=2", "train.num_learners=2", "train.zero_stage=3",
                    "generator.prompts_per_step=4", "generator.n=4", "generator.max_tokens=8",
-                   "generator.sync=object_store", "progress=false")
+                   "generator.sync=object_store", "train.epochs=2", "train.mini_batches=2", "progress=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [r for r in records(out) if "reward/mean" in r]
     assert len(steps) == 2 and all(r["logprob_gap/max"] < 1e-3 for r in steps)
+    assert [r["policy_version"] for r in steps] == [4.0, 8.0]  # 2 epochs x 2 mini-batches per rollout
     assert json.loads((out / "summary.json").read_text())["actors"] == {
         "learners": 2, "reference": 0, "generators": 2, "reward_model": 0}
 

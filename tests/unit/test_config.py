@@ -87,3 +87,10 @@ def test_schedule_string_and_stage_merge():
     assert second.reset_optimizer
     with pytest.raises(ConfigError, match="algo:steps"):
         parse_schedule("simpo")
+
+
+def test_reward_shorthand_sets_the_functions():
+    cfg = build_config(algo="grpo", overrides=["reward=examples.custom_reward:brevity"])
+    assert cfg.reward.functions == ("examples.custom_reward:brevity",)
+    with pytest.raises(ValueError, match="nosuchmodule"):
+        build_config(algo="grpo", overrides=["reward=nosuchmodule:fn"])
