@@ -223,10 +223,8 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces)."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "objective":
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
-        elif isinstance(value, dict) and key == "objective" and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
         else:
             out[key] = value
     return out

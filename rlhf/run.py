@@ -87,11 +87,13 @@ def list_params(algo: str) -> str:
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Run every stage of ``cfg`` on one set of live actors; return the run summary."""
-    from rlhf.driver.session import Session
+    from rlhf.driver.session import Session, check_same_learners
     from rlhf.metrics import MetricLogger
     from rlhf.models import load_tokenizer, resolve_model
 
     stages = build_schedule(cfg)
+    for stage in stages[1:]:  # before anything starts: stages share the live learners
+        check_same_learners(stages[0].cfg, stage.cfg, stage.name)
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
@@ -138,9 +140,6 @@ def load_stage_data(cfg: RunConfig, tokenizer: Any) -> Any:
 
 
 def run_stage(session: Any, stage: Any, data: Any, tokenizer: Any, logger: Any) -> dict[str, Any]:
-    from rlhf.driver.session import check_same_learners
-
-    check_same_learners(session.cfg, stage.cfg, stage.name)
     t = stage.cfg.train
     session.learners.call("start_stage", t.lr, t.warmup_steps, t.max_steps * _updates_per_step(stage.cfg),
                           t.min_lr_ratio, stage.reset_optimizer)

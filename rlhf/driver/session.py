@@ -18,8 +18,9 @@ from rlhf.config import RunConfig
 log = logging.getLogger("rlhf")
 
 # Settings that shape the learner actors; stages share live learners, so these must not change.
-LEARNER_SHAPE = ("model", "train.num_learners", "train.zero_stage", "train.num_cpus_per_actor", "train.grad_accum",
-                 "train.max_grad_norm", "train.weight_decay", "train.seed")
+LEARNER_SHAPE = ("model.path", "model.dtype", "model.lora_r", "model.lora_alpha", "model.lora_dropout",
+                 "model.gradient_checkpointing", "train.num_learners", "train.zero_stage", "train.num_cpus_per_actor",
+                 "train.grad_accum", "train.max_grad_norm", "train.weight_decay", "train.seed")
 
 
 def resolve_device(cfg: RunConfig) -> str:
@@ -203,8 +204,6 @@ class Session:
     def _get(self, ref: Any, actor: str, method: str) -> Any:
         import ray
 
-        if ref == []:
-            return None
         try:
             return ray.get(ref, timeout=self.cfg.timeout_s)
         except ray.exceptions.GetTimeoutError:

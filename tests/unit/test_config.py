@@ -94,3 +94,16 @@ def test_reward_shorthand_sets_the_functions():
     assert cfg.reward.functions == ("examples.custom_reward:brevity",)
     with pytest.raises(ValueError, match="nosuchmodule"):
         build_config(algo="grpo", overrides=["reward=nosuchmodule:fn"])
+
+
+def test_stages_may_not_change_what_shapes_the_live_learners():
+    from rlhf.driver.session import check_same_learners
+
+    cfg = build_config(config_file=str(CONFIG_DIR / "simpo_then_grpo.yaml"))
+    first, second = build_schedule(cfg)
+    check_same_learners(first.cfg, second.cfg, second.name)  # lr, objective, generator: free to change
+    bad = build_config(config_file=str(CONFIG_DIR / "simpo_then_grpo.yaml"),
+                       overrides=["stages=[{algo: simpo, steps: 1}, {algo: grpo, steps: 1, train: {zero_stage: 2}}]"])
+    a, b = build_schedule(bad)
+    with pytest.raises(ConfigError, match="train.zero_stage"):
+        check_same_learners(a.cfg, b.cfg, b.name)
