@@ -137,7 +137,8 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any],
             for (slot, p, s), r in zip(flat, rewards) if r is not None and s["completion_ids"]
         ]
         unit = t.mini_batches * t.num_learners * t.grad_accum
-        keep = len(examples) - len(examples) % unit
+        keep = len(examples) - len(examples) % unit  # every rank gets the same number of micro-batches
+        dropped = len(flat) - keep  # skipped by a reward, empty completions, and the trimmed tail
         if keep == 0:
             raise RuntimeError(f"[{stage_name}] every sample of this step was skipped ({reward_stats})")
         buffer.add(examples[:keep], version=session.version)
@@ -156,7 +157,8 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any],
         metrics.update(step_metrics)
         metrics.update({
             "reward/mean": reward_mean, "reward/std": float(batch["rewards"].std()) if len(batch_examples) > 1 else 0.0,
-            "reward/skipped": float(reward_stats.get("skipped", 0)), "response/length": float(lengths.mean()),
+            "reward/skipped": float(reward_stats.get("skipped", 0)), "samples/dropped": float(dropped),
+            "response/length": float(lengths.mean()),
             "logprob_gap/mean": gap_mean, "logprob_gap/max": gap_max, "samples": float(len(batch_examples)),
             "policy_version": float(session.version),
         })

@@ -23,7 +23,7 @@ def test_online_algo_two_steps(algo, tiny_model, tmp_path, run_cli):
     steps = [r for r in records(out) if "reward/mean" in r]
     assert len(steps) == 2
     for r in steps:
-        for key in ("sync/seconds", "sync/bytes", "logprob_gap/mean", "logprob_gap/max", "loss"):
+        for key in ("sync/seconds", "sync/bytes", "logprob_gap/mean", "logprob_gap/max", "loss", "samples/dropped"):
             assert key in r, key
         assert r["sync/bytes"] > 0
         assert r["logprob_gap/max"] < 1e-3  # vLLM samples from exactly the learner's weights
