@@ -22,6 +22,9 @@ def preference_accuracy(
 ) -> dict[str, float]:
     """Accuracy and mean margin of ``objective.implicit_reward`` on held-out ``pairs``.
 
+    A tie counts as half right: before any update DPO's and KTO's implicit rewards are exactly
+    0 for every row, which is chance (0.5), not "always wrong".
+
     Every learner rank runs the same forward (a collective under ZeRO-3); rank 0's answer is
     used. Reference log-probs, when the implicit reward needs them, are computed once and kept
     in ``ref_cache`` (the reference never changes).
@@ -43,7 +46,7 @@ def preference_accuracy(
         reward = objective.implicit_reward(out, batch, params)
         n = len(chunk)
         diff = reward[:n] - reward[n:]
-        correct += float((diff > 0).float().sum())
+        correct += float((diff > 0).float().sum() + 0.5 * (diff == 0).float().sum())  # a tie is a coin flip
         margins += float(diff.sum())
         total += n
     return {"eval/accuracy": correct / total, "eval/margin": margins / total, "eval/pairs": total}
