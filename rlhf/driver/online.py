@@ -40,26 +40,30 @@ def logprob_gap(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tuple[f
     return float(diff.mean()), float(diff.max())
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "response_mask")
+
+
+def _assemble(shape: torch.Size, blocks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """Row blocks ``(first_row, [rows, t])`` (trimmed to their own width) -> one ``[R, T]`` float tensor."""
+    full = torch.zeros(shape, dtype=torch.float32)
+    for start, out in blocks:
+        full[start : start + out.shape[0], : out.shape[1]] = out.float()
+    return full
+
+
 def learner_token_logps(session: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Current-policy token log-probs ``[R, T]`` of ``batch``, rows split over the learner ranks."""
     ranks = session.cfg.train.num_learners
     rows = batch["input_ids"].shape[0]
     bounds = [(r * rows // ranks, (r + 1) * rows // ranks) for r in range(ranks)]
-    keys = ("input_ids", "attention_mask", "response_mask")
-    parts = [slice_rows({k: batch[k] for k in keys}, slice(a, b)) for a, b in bounds]
+    parts = [slice_rows({k: batch[k] for k in MODEL_INPUTS}, slice(a, b)) for a, b in bounds]
     outs = session.learners.call("compute", per_rank=[(p, "token_logps") for p in parts])
-    full = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-    for (a, b), out in zip(bounds, outs):
-        full[a:b, : out.shape[1]] = out.float()
-    return full
+    return _assemble(batch["input_ids"].shape, [(a, out) for (a, _), out in zip(bounds, outs)])
 
 
 def _reference_token_logps(session: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    keys = ("input_ids", "attention_mask", "response_mask")
-    out = session.reference_logps([[{k: batch[k] for k in keys}]])[0][0]
-    full = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-    full[:, : out.shape[1]] = out.float()
-    return full
+    out = session.reference_logps([[{k: batch[k] for k in MODEL_INPUTS}]])[0][0]
+    return _assemble(batch["input_ids"].shape, [(0, out)])
 
 
 def make_scorer(cfg: RunConfig, session: Any) -> Any:
