@@ -55,6 +55,10 @@ class TrainConfig:
     epochs: int = 1  # online: passes over each rollout batch
     mini_batches: int = 1  # online: optimizer steps per pass over a rollout batch
     seed: int = 0
+    adam_betas: tuple[float, ...] = (0.9, 0.95)  # AdamW (beta1, beta2)
+    max_bad_steps: int = 3  # a NaN/Inf loss or gradient skips the step; this many in a row stop the run
+    max_staleness: int = 0  # online: policy versions a rollout may lag (0: synchronous)
+    is_cap: float = 2.0  # online, staleness > 0: truncated importance-sampling cap on pi_old / pi_behaviour
     num_cpus_per_actor: float | None = None  # None: this machine's cores / num_learners (torch threads follow it)
 
     @property
@@ -106,6 +110,9 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.5
     sync: Literal["broadcast", "object_store"] = "broadcast"
     bucket_mb: int = 64
+    max_restarts: int = 2  # a generator actor that dies is restarted this many times per run
+    truncated: Literal["keep", "drop", "penalise"] = "keep"  # completions cut at max_tokens
+    truncated_penalty: float = 0.0  # reward given to a truncated completion with truncated=penalise
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,26 @@ class RewardConfig:
     model: str | None = None  # folder saved by --algo rm, served by a reward actor
     model_weight: float = 1.0
     on_error: Literal["raise", "skip"] = "raise"
+    timeout_s: float = 30.0  # per-sample time limit of a reward function (raised or skipped per on_error)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints of the whole run state under ``<output_dir>/checkpoints/step-N/``."""
+
+    every: int = 0  # optimizer/rollout steps between checkpoints; 0: only at stage boundaries and the end
+    keep: int = 2  # newest complete checkpoints kept
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where metrics go besides ``metrics.jsonl``: TensorBoard (default) and Weights & Biases."""
+
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "rlhf"
+    wandb_run_name: str | None = None
+    wandb_mode: Literal["online", "offline"] = "offline"  # offline: nothing leaves the machine
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,8 @@ class RunConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     stages: tuple[Any, ...] = ()  # [{algo, steps, objective: {...}, train: {...}, ...}, ...]
     output_dir: str | None = None  # default: runs/<algo>
     device: Literal["auto", "cpu", "cuda"] = "auto"
