@@ -123,16 +123,24 @@ def shard(examples: Sequence[Example], world_size: int, grad_accum: int) -> list
 
 
 def global_counts(kind: str, examples: Sequence[Example]):
-    """``GlobalCounts`` of a global batch of ``kind`` (``pairs``, ``unpaired`` or ``prompts``)."""
+    """``GlobalCounts`` of a global batch of ``kind`` (``pairs``, ``unpaired`` or ``prompts``).
+
+    ``nonempty`` counts the examples with at least one response token: for ``prompts`` and
+    ``unpaired``, the rows whose completion is non-empty; for ``pairs``, the pairs whose chosen
+    and rejected completions are both non-empty (the data schema requires it, so it equals
+    ``examples``; the pair objectives average over ``examples`` anyway).
+    """
     from rlhf.objectives.base import GlobalCounts
 
     if kind == "pairs":
         tokens = sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
+        nonempty = sum(1 for e in examples if len(e["chosen_ids"]) and len(e["rejected_ids"]))
     elif kind in ("unpaired", "prompts"):
         tokens = sum(len(e["completion_ids"]) for e in examples)
+        nonempty = sum(1 for e in examples if len(e["completion_ids"]))
     else:
         raise ValueError(f"unknown data kind {kind!r}")
-    return GlobalCounts(examples=len(examples), tokens=tokens)
+    return GlobalCounts(examples=len(examples), tokens=tokens, nonempty=nonempty)
 
 
 def collate(kind: str, examples: Sequence[Example], pad_id: int = 0,

@@ -11,8 +11,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
-KLEstimator = Literal["k1", "k2", "k3"]
-KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+KLEstimator = Literal["k1", "k2", "k3", "k1+", "k3+", "abs"]
+KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3", "k1+", "k3+", "abs")
 
 # log-ratio bounds before exp(), as verl (keeps exp finite on wild tokens)
 _LOG_RATIO_CLAMP = 20.0
@@ -27,7 +27,12 @@ def kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k3"
 
     - ``k1 = d`` (unbiased, high variance, can be negative);
     - ``k2 = d^2 / 2`` (biased, non-negative; its gradient is the KL's gradient in expectation);
-    - ``k3 = exp(-d) + d - 1`` (unbiased, non-negative, low variance; GRPO's choice).
+    - ``k3 = exp(-d) + d - 1`` (unbiased, non-negative, low variance; GRPO's choice);
+    - ``k1+``, ``k3+``: straight-through (verl's names): the forward value of k1 / k3 and the
+      gradient of k2, ``k2 - k2.detach() + k.detach()``. k1 and k3 estimate the KL's value
+      without bias but their gradients are not the KL's gradient; k2's is. The gradient is
+      ``d`` even where k3's value is clamped;
+    - ``abs = |d|`` (verl's ``abs``; gradient ``sign(d)``, 0 at ``d = 0``).
 
     As verl's ``low_var_kl``, k3 clamps ``-d`` to ``[-20, 20]`` before ``exp`` and the result to
     ``[-10, 10]`` (so a token the reference finds far likelier costs at most 10, and its gradient
@@ -36,7 +41,7 @@ def kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k3"
     Args:
         logp: ``[R, T]`` log-probs under the policy.
         ref_logp: ``[R, T]`` log-probs of the same tokens under the reference.
-        estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
+        estimator: one of ``KL_ESTIMATORS``.
 
     Returns:
         ``[R, T]`` per-token values (not masked).
@@ -49,6 +54,11 @@ def kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k3"
     if estimator == "k3":
         neg = torch.clamp(-d, min=-_LOG_RATIO_CLAMP, max=_LOG_RATIO_CLAMP)
         return torch.clamp(torch.exp(neg) - neg - 1.0, min=-_K3_CLAMP, max=_K3_CLAMP)
+    if estimator in ("k1+", "k3+"):
+        k2 = 0.5 * d.square()
+        return k2 - k2.detach() + kl(logp, ref_logp, estimator[:-1]).detach()
+    if estimator == "abs":
+        return d.abs()
     raise ValueError(f"unknown KL estimator {estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
 
 

@@ -24,8 +24,11 @@ from rlhf.objectives.base import GlobalCounts, Objective, PrepareFn
 from rlhf.policy_loss import KL_ESTIMATORS, KLEstimator, kl, ppo_clip_loss
 from rlhf.reduction import aggregate
 
-LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
-LOSS_AGGS: tuple[str, ...] = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+LossAgg = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+LOSS_AGGS: tuple[str, ...] = (
+    "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+)
+DR_GRPO_AGG = "seq-mean-token-sum-norm"
 
 # fields the loss reads; `prepare` reads rewards / group (and, for a KL in the reward, the log-probs)
 LOSS_FIELDS: tuple[str, ...] = ("response_mask", "old_logps", "advantages")
@@ -40,10 +43,18 @@ class OnlineParams:
         clip_high: PPO clip above, ratio <= ``1 + clip_high`` (DAPO's clip-higher uses 0.28).
         dual_clip: cap ``c > 1`` on the loss of negative-advantage tokens, or None.
         kl_coef: weight of the KL to the reference; 0 means no reference model is needed.
-        kl_estimator: ``k1``, ``k2`` or ``k3`` (see ``rlhf.policy_loss.kl``).
+        kl_estimator: one of ``rlhf.policy_loss.KL_ESTIMATORS`` (``k1``, ``k2``, ``k3``, the
+            straight-through ``k1+`` / ``k3+``, ``abs``; see ``rlhf.policy_loss.kl``).
         kl_in_reward: True: a penalty ``-kl_coef * kl(old_logps, ref)`` per token goes into the
             rewards before the advantages; False: ``kl_coef * kl(token_logps, ref)`` is a loss term.
-        loss_agg: how per-token losses are reduced (``rlhf.reduction``).
+        loss_agg: how per-token losses (and a KL term in the loss) are reduced
+            (``rlhf.reduction``); the ``seq-mean-token-*`` modes average over the sequences
+            with at least one response token.
+        loss_agg_norm: the constant ``C`` of ``seq-mean-token-sum-norm`` (Dr. GRPO): each
+            sequence's token sum is divided by ``C`` instead of its length. Set it to the
+            generation budget (``generator.max_tokens``); required with that mode and refused
+            with the others. A data-dependent ``C`` (the step's longest response, or verl's
+            padded width) would make the loss depend on the micro-batch split.
     """
 
     clip_low: float = 0.2
@@ -53,6 +64,7 @@ class OnlineParams:
     kl_estimator: KLEstimator = "k3"
     kl_in_reward: bool = False
     loss_agg: LossAgg = "token-mean"
+    loss_agg_norm: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clip_low < 1.0:
@@ -67,6 +79,15 @@ class OnlineParams:
             raise ValueError(f"kl_estimator {self.kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
         if self.loss_agg not in LOSS_AGGS:
             raise ValueError(f"loss_agg {self.loss_agg!r} is not one of {', '.join(LOSS_AGGS)}")
+        if self.loss_agg == DR_GRPO_AGG and (self.loss_agg_norm is None or self.loss_agg_norm <= 0):
+            raise ValueError(
+                f"loss_agg {DR_GRPO_AGG!r} divides each sequence's token sum by a constant: set loss_agg_norm "
+                f"> 0 to the generation budget (generator.max_tokens); got {self.loss_agg_norm}"
+            )
+        if self.loss_agg != DR_GRPO_AGG and self.loss_agg_norm is not None:
+            raise ValueError(
+                f"loss_agg_norm applies to loss_agg {DR_GRPO_AGG!r} only (loss_agg is {self.loss_agg!r})"
+            )
 
 
 def needs_reference(params: OnlineParams) -> bool:
@@ -139,7 +160,8 @@ def online_loss(
         batch: needs ``response_mask``, ``old_logps``, ``advantages`` and, with a KL term in the
             loss, ``ref_token_logps``.
         params: an ``OnlineParams``.
-        counts: global examples (samples) and response tokens of the optimizer step.
+        counts: global counts of the optimizer step; the ``seq-mean-token-*`` modes divide by
+            ``counts.nonempty_examples`` (samples with at least one response token).
 
     Returns:
         ``(loss, metrics)``; metrics are detached 0-dim shares of global means: ``loss``,
@@ -150,8 +172,8 @@ def online_loss(
     terms = ppo_clip_loss(
         token_logps, batch["old_logps"], batch["advantages"], mask, params.clip_low, params.clip_high, params.dual_clip
     )
-    n_seq, n_tok = counts.examples, counts.tokens
-    pg_loss = aggregate(terms.loss, mask, params.loss_agg, n_seq, n_tok)
+    n_seq, n_tok, norm = counts.nonempty_examples, counts.tokens, params.loss_agg_norm
+    pg_loss = aggregate(terms.loss, mask, params.loss_agg, n_seq, n_tok, norm)
     loss = pg_loss
     metrics = {
         "pg_loss": pg_loss.detach(),
@@ -164,7 +186,7 @@ def online_loss(
     if "ref_token_logps" in batch:
         kl_t = kl(token_logps, batch["ref_token_logps"], params.kl_estimator)
         if kl_in_loss:
-            loss = loss + params.kl_coef * aggregate(kl_t, mask, params.loss_agg, n_seq, n_tok)
+            loss = loss + params.kl_coef * aggregate(kl_t, mask, params.loss_agg, n_seq, n_tok, norm)
         metrics["kl"] = aggregate(kl_t.detach(), mask, "token-mean", n_seq, n_tok)
     metrics["loss"] = loss.detach()
     return loss, metrics

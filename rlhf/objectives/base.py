@@ -19,11 +19,11 @@ Batch conventions (shared by every objective; see ``rlhf.batch``):
   sampled completion.
 
 Loss normalisation: ``loss`` receives the **global** counts of the optimizer step
-(``GlobalCounts``: examples and response tokens summed over every rank and micro-batch) and
-returns this micro-batch's share of the global mean, so that summing the returned losses over
-micro-batches and ranks gives the same value (and gradient) whatever the split. Metrics are
-returned the same way: each value is this micro-batch's share of a global mean, and the
-learner sums them.
+(``GlobalCounts``: examples, non-empty examples and response tokens summed over every rank and
+micro-batch) and returns this micro-batch's share of the global mean, so that summing the
+returned losses over micro-batches and ranks gives the same value (and gradient) whatever the
+split. Metrics are returned the same way: each value is this micro-batch's share of a global
+mean, and the learner sums them.
 """
 
 from __future__ import annotations
@@ -48,15 +48,34 @@ class GlobalCounts:
     ``examples``: pairs for ``pairs`` data, real rows for ``unpaired``, samples for ``prompts``.
     ``tokens``: response tokens of the rows the loss is taken over (for pairs: chosen and
     rejected together; for unpaired: the real rows only).
+    ``nonempty``: examples with at least one response token (for pairs: both completions
+    non-empty), the denominator of the ``seq-mean-token-*`` reductions; None means "same as
+    ``examples``". Read it through ``nonempty_examples``.
+
+    The learner builds it as ``GlobalCounts(**counts)`` from a dict with keys ``examples``,
+    ``tokens`` and optionally ``nonempty`` (``dataclasses.asdict`` of ``rlhf.batch.global_counts``).
     """
 
     examples: int
     tokens: int
+    nonempty: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nonempty is not None and not 0 <= self.nonempty <= self.examples:
+            raise ValueError(
+                f"GlobalCounts: nonempty ({self.nonempty}) must be between 0 and examples ({self.examples})"
+            )
+
+    @property
+    def nonempty_examples(self) -> int:
+        """Examples with at least one response token (``examples`` when ``nonempty`` is None)."""
+        return self.examples if self.nonempty is None else self.nonempty
 
 
 LossFn = Callable[[torch.Tensor, Batch, Any, GlobalCounts], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 RewardFn = Callable[[torch.Tensor, Batch, Any], torch.Tensor]
 PrepareFn = Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
+ProgressFn = Callable[[Any, float], Any]
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,9 @@ class Objective:
             ``ref_token_logps``.
         prepare: optional ``(global_batch, params) -> global_batch`` run once per rollout batch
             before micro-batching (advantages for the online family).
+        at_progress: optional ``(params, progress) -> params``: the params of the step at
+            fraction ``progress`` in ``[0, 1]`` of the stage (a hyper-parameter schedule), given
+            the stage's params; call it through ``params_at``.
         paper: citation shown in ``--help`` listings.
     """
 
@@ -90,6 +112,7 @@ class Objective:
     loss: LossFn
     implicit_reward: RewardFn | None = None
     prepare: PrepareFn | None = None
+    at_progress: ProgressFn | None = None
     paper: str = ""
 
     def make_params(self, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -102,6 +125,16 @@ class Objective:
                 f"unknown {self.name} parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
             )
         return self.params(**overrides)
+
+    def params_at(self, params: Any, progress: float) -> Any:
+        """The params of the step at fraction ``progress`` of the stage (0: first step, 1: last).
+
+        ``at_progress(params, progress)`` when the objective has a schedule, else ``params``
+        unchanged. Pass the stage's params every time, not a previous step's.
+        """
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"{self.name}: progress must be in [0, 1] (got {progress})")
+        return params if self.at_progress is None else self.at_progress(params, progress)
 
     def check_batch(self, batch: Batch, params: Any) -> None:
         """Raise a one-line error when a field the loss reads is missing from ``batch``."""

@@ -12,7 +12,8 @@ the scores near zero mean, as TRL's ``center_rewards_coefficient`` does; TRL tak
 the micro-batch's pairs, here it is the mean over the global pairs like the main term.
 
 Conventions: rows ``[0:P]`` chosen, ``[P:2P]`` rejected; computed in float32; no reference; no
-epsilons (``logsigmoid`` is stable). ``accuracy`` counts ``s_w > s_l`` strictly.
+epsilons (``logsigmoid`` is stable). ``accuracy`` counts ``s_w > s_l`` strictly. Metrics also
+carry the pairs' mean lengths (``_pairs.length_metrics``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlhf.objectives._pairs import share
+from rlhf.objectives._pairs import PAIR_FIELDS, length_metrics, share
 from rlhf.objectives.base import Batch, GlobalCounts, Objective, register
 
 
@@ -45,7 +46,7 @@ def loss(
 
     Args:
         score: ``[2P]`` scalar score per row.
-        batch: unused (the scores carry everything); kept for the common signature.
+        batch: ``response_mask`` and ``attention_mask`` ``[2P, T]``, read for the length metrics only.
         params: ``Params``.
         counts: global counts; ``counts.examples`` is the number of pairs in the optimizer step.
 
@@ -64,6 +65,7 @@ def loss(
         "loss": total.detach(),
         "accuracy": share((diff > 0).float(), counts),
         "margin": share(diff, counts),
+        **length_metrics(batch, counts),
     }
     return total, metrics
 
@@ -79,7 +81,7 @@ register(
         mode="offline",
         data="pairs",
         params=Params,
-        fields=(),
+        fields=PAIR_FIELDS,
         output="score",
         needs_reference=lambda params: False,
         loss=loss,

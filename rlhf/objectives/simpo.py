@@ -12,23 +12,28 @@ before the ``beta`` scaling, as in princeton-nlp/SimPO's ``simpo_trainer.py``; T
 ``CPOTrainer(loss_type="simpo")`` takes the absolute ``gamma`` instead — here it is the ratio,
 so the official configs (``beta: 2.0, gamma_beta_ratio: 0.5``) carry over unchanged.
 
+Margin schedule: with ``gamma_beta_ratio_end`` set, the ratio moves linearly from
+``gamma_beta_ratio`` (first step, progress 0) to ``gamma_beta_ratio_end`` (last step, progress 1);
+``at_progress`` (the objective's ``at_progress`` hook) gives each step's params.
+
 ``sft_weight > 0`` adds ``sft_weight * (-a_w)`` per pair (NLL of the chosen completion). The
 official trainer uses a token-mean cross-entropy over the micro-batch's chosen tokens; here it is
 the per-pair length-averaged NLL, mean over the global pairs, so that it does not depend on the
 micro-batch split (``GlobalCounts`` has no chosen-only token count).
 
 Conventions: rows ``[0:P]`` chosen, ``[P:2P]`` rejected; computed in float32; no epsilons
-(``logsigmoid`` is stable, lengths clamp at 1). Rewards ``beta * a`` are detached metrics.
+(``logsigmoid`` is stable, lengths clamp at 1). Rewards ``beta * a`` are detached metrics, as
+are the pairs' mean lengths (``_pairs.length_metrics``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
-from rlhf.objectives._pairs import preference_metrics, share, smoothed_sigmoid_loss
+from rlhf.objectives._pairs import PAIR_FIELDS, length_metrics, preference_metrics, share, smoothed_sigmoid_loss
 from rlhf.objectives.base import Batch, GlobalCounts, Objective, register
 from rlhf.reduction import sequence_logps
 
@@ -37,13 +42,18 @@ LOSS_TYPES = ("sigmoid", "hinge")
 
 @dataclass(frozen=True)
 class Params:
-    """SimPO hyper-parameters (defaults: the paper's / official configs' Mistral-Base values)."""
+    """SimPO hyper-parameters (defaults: the paper's / official configs' Mistral-Base values).
+
+    ``gamma_beta_ratio_end``: None keeps ``gamma_beta_ratio`` constant; a value makes it the
+    ratio at the end of the stage (linear schedule, see ``at_progress``).
+    """
 
     beta: float = 2.0
     gamma_beta_ratio: float = 0.5
     loss_type: Literal["sigmoid", "hinge"] = "sigmoid"
     label_smoothing: float = 0.0
     sft_weight: float = 0.0
+    gamma_beta_ratio_end: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -72,7 +82,7 @@ def loss(
 
     Args:
         token_logps: ``[2P, T]`` policy per-token log-probs.
-        batch: needs ``response_mask`` ``[2P, T]``.
+        batch: needs ``response_mask`` and ``attention_mask`` ``[2P, T]``.
         params: ``Params``.
         counts: global counts; ``counts.examples`` is the number of pairs in the optimizer step.
 
@@ -96,6 +106,7 @@ def loss(
     metrics = {
         "loss": total.detach(),
         **preference_metrics(params.beta * chosen.detach(), params.beta * rejected.detach(), counts),
+        **length_metrics(batch, counts),
     }
     if params.sft_weight > 0:
         metrics["sft_loss"] = share(sft.detach(), counts)
@@ -107,17 +118,32 @@ def implicit_reward(token_logps: torch.Tensor, batch: Batch, params: Params) -> 
     return params.beta * _avg_logps(token_logps, batch)
 
 
+def at_progress(params: Params, progress: float) -> Params:
+    """The params of the step at fraction ``progress`` in ``[0, 1]`` of the stage.
+
+    Unchanged without a schedule; else ``gamma_beta_ratio`` interpolated linearly towards
+    ``gamma_beta_ratio_end``, returned as constant params (``gamma_beta_ratio_end=None``), so that
+    applying it again changes nothing.
+    """
+    end = params.gamma_beta_ratio_end
+    if end is None:
+        return params
+    ratio = params.gamma_beta_ratio + progress * (end - params.gamma_beta_ratio)
+    return replace(params, gamma_beta_ratio=ratio, gamma_beta_ratio_end=None)
+
+
 register(
     Objective(
         name="simpo",
         mode="offline",
         data="pairs",
         params=Params,
-        fields=("response_mask",),
+        fields=PAIR_FIELDS,
         output="token_logps",
         needs_reference=lambda params: False,
         loss=loss,
         implicit_reward=implicit_reward,
+        at_progress=at_progress,
         paper="Meng, Xia & Chen 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward",
     )
 )

@@ -1,5 +1,5 @@
 """Offline objectives (SimPO, DPO, KTO, reward modeling): hand-derived values, split invariance,
-gradient flow, KTO batch shapes, and the registry's errors.
+gradient flow, KTO batch shapes, length metrics, SimPO's margin schedule, and the registry's errors.
 
 Expected values are worked out by hand from the small tensors below (``math`` only); position 0
 of every row is the prompt (mask 0) and masked-out positions hold junk (-9 / -7) that must not
@@ -37,6 +37,8 @@ def counts(examples: int, mask: torch.Tensor) -> GlobalCounts:
 
 # Two pairs: rows 0, 1 chosen; rows 2, 3 rejected.
 MASK = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 1], [0, 1, 0, 0], [0, 0, 1, 1]])
+ATTN = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
+# By hand: lengths chosen 2, 3; rejected 1, 2; prompts (chosen rows: attended - response) 1, 1
 LOGPS = [[J, -1.0, -2.0, J], [J, -2.0, -1.0, -3.0], [J, -3.0, J, J], [J, J, -1.0, -2.0]]
 REF = [[K, -2.0, -2.0, K], [K, -1.0, -2.0, -2.0], [K, -2.0, K, K], [K, K, -1.0, -2.0]]
 # By hand: sums      policy -3, -6, -3, -3   ref -4, -5, -2, -3   -> rho 1, -1, -1, 0
@@ -45,7 +47,7 @@ AVG_C, AVG_R = [-1.5, -2.0], [-3.0, -1.5]
 
 
 def pair_batch(ref: bool = True) -> dict[str, torch.Tensor]:
-    batch = {"response_mask": MASK}
+    batch = {"response_mask": MASK, "attention_mask": ATTN}
     if ref:
         batch["ref_token_logps"] = t(REF)
     return batch
@@ -119,7 +121,7 @@ def test_dpo_hand_values(overrides, per_pair):
     loss, metrics = run("dpo", t(LOGPS), pair_batch(), **overrides)
     assert loss.item() == pytest.approx(sum(per_pair) / 2, rel=1e-6)
     beta = overrides.get("beta", 0.1)
-    rho_c, rho_r = ([0.5, -1 / 3], [-1.0, 0.0]) if overrides.get("loss_type") == "ipo" else ([1.0, -1.0], [-1.0, 0.0])
+    rho_c, rho_r = [1.0, -1.0], [-1.0, 0.0]  # summed for every loss type, IPO included
     assert metrics["rewards/chosen"].item() == pytest.approx(beta * sum(rho_c) / 2, abs=1e-7)
     assert metrics["rewards/rejected"].item() == pytest.approx(beta * sum(rho_r) / 2)
     assert metrics["rewards/accuracy"].item() == pytest.approx(0.5)  # pair 0 right, pair 1 wrong
@@ -138,6 +140,29 @@ def test_dpo_implicit_reward_and_gradient():
     assert torch.all((logps.grad != 0) == MASK.bool())
     # pair 0: d/d chosen token of -log sigmoid(0.1 h) / 2 = -(1 - sig(0.2)) * 0.1 / 2
     assert logps.grad[0, 1].item() == pytest.approx(-(1 - sig(0.2)) * 0.1 / 2, rel=1e-5)
+
+
+def test_dpo_ipo_rewards_summed_loss_averaged():
+    # one pair where sums and averages disagree: chosen rho per token 0.4, 0.4 (sum 0.8, mean 0.4);
+    # rejected rho 0.6 on one token (sum 0.6, mean 0.6)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]])
+    batch = {"response_mask": mask, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+             "ref_token_logps": t([[K, -1.4, -2.4], [K, -1.6, K]])}
+    logps = t([[J, -1.0, -2.0], [J, -1.0, J]], grad=True)
+    objective = get("dpo")
+    params = objective.make_params({"loss_type": "ipo", "beta": 0.5})
+    loss, metrics = objective.loss(logps, batch, params, counts(1, mask))
+    # loss on averages: (0.4 - 0.6 - 1 / (2 * 0.5)) ** 2 = 1.44
+    assert loss.item() == pytest.approx(1.44, rel=1e-5)
+    # rewards on sums: 0.5 * 0.8 = 0.4 and 0.5 * 0.6 = 0.3 -> chosen wins (averages would say it loses)
+    assert metrics["rewards/chosen"].item() == pytest.approx(0.4, rel=1e-5)
+    assert metrics["rewards/rejected"].item() == pytest.approx(0.3, rel=1e-5)
+    assert metrics["rewards/accuracy"].item() == 1.0
+    assert metrics["rewards/margin"].item() == pytest.approx(0.1, rel=1e-4)
+    assert objective.implicit_reward(logps, batch, params).tolist() == pytest.approx([0.4, 0.3], rel=1e-5)
+    loss.backward()
+    # d loss / d chosen token = 2 * (-1.2) * (1 / 2 tokens) = -1.2; d / d rejected token = 2 * (-1.2) * (-1) = 2.4
+    assert logps.grad.flatten().tolist() == pytest.approx([0.0, -1.2, -1.2, 0.0, 2.4, 0.0], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ KTO
@@ -248,7 +273,7 @@ SCORES = [1.0, 0.5, 0.0, 1.5]  # chosen 1.0, 0.5; rejected 0.0, 1.5 -> s_w - s_l
 )
 def test_rm_hand_values(overrides, per_pair):
     score = torch.tensor(SCORES, requires_grad=True)
-    loss, metrics = run("rm", score, {}, **overrides)
+    loss, metrics = run("rm", score, pair_batch(ref=False), **overrides)
     assert loss.item() == pytest.approx(sum(per_pair) / 2, rel=1e-6)
     assert metrics["accuracy"].item() == pytest.approx(0.5)
     assert metrics["margin"].item() == pytest.approx(0.0)
@@ -257,7 +282,52 @@ def test_rm_hand_values(overrides, per_pair):
     if not overrides:  # d/ds_w of -log sigmoid(s_w - s_l) / 2 = -(1 - sig(1)) / 2
         assert score.grad.tolist() == pytest.approx([-(1 - sig(1)) / 2, -(1 - sig(-1)) / 2,
                                                      (1 - sig(1)) / 2, (1 - sig(-1)) / 2], rel=1e-5)
-    assert get("rm").implicit_reward(score, {}, get("rm").make_params()).tolist() == SCORES
+    assert get("rm").implicit_reward(score, pair_batch(ref=False), get("rm").make_params()).tolist() == SCORES
+
+
+# ------------------------------------------------------------------------------ length metrics
+
+
+@pytest.mark.parametrize("name", ["simpo", "dpo", "rm"])
+def test_pair_length_metrics(name):
+    output = torch.tensor(SCORES) if name == "rm" else t(LOGPS)
+    _, metrics = run(name, output, pair_batch())
+    # chosen rows 2 and 3 tokens, rejected 1 and 2, prompts 1 and 1 (ATTN minus MASK on rows 0, 1)
+    assert metrics["length/chosen"].item() == pytest.approx(2.5)
+    assert metrics["length/rejected"].item() == pytest.approx(1.5)
+    assert metrics["length/prompt"].item() == pytest.approx(1.0)
+    # a share of the global mean: one micro-batch of the two pairs, 4 pairs in the step
+    objective = get(name)
+    part = {k: v[[0, 2]] for k, v in pair_batch().items()}
+    _, half = objective.loss(output[[0, 2]], part, objective.make_params(), counts(4, MASK))
+    assert (half["length/chosen"].item(), half["length/rejected"].item(), half["length/prompt"].item()) == (
+        pytest.approx(2 / 4), pytest.approx(1 / 4), pytest.approx(1 / 4))
+
+
+# -------------------------------------------------------------------------- SimPO margin schedule
+
+
+def test_simpo_gamma_beta_ratio_schedule():
+    simpo = get("simpo")
+    params = simpo.make_params({"gamma_beta_ratio": 0.5, "gamma_beta_ratio_end": 1.5})
+    assert simpo.at_progress is not None
+    # linear: 0.5 + p * (1.5 - 0.5)
+    for progress, ratio in [(0.0, 0.5), (0.25, 0.75), (1.0, 1.5)]:
+        at = simpo.params_at(params, progress)
+        assert at.gamma_beta_ratio == pytest.approx(ratio)
+        assert at.gamma_beta_ratio_end is None and at.beta == params.beta
+        assert simpo.params_at(at, 0.9) == at  # resolved params are constant
+    assert params.gamma_beta_ratio == 0.5  # the stage's params are not modified
+    # the loss follows: a_w - a_l = 1.5, -0.5; at p = 0.25 the margin is 0.75 -> beta * h = 1.5, -2.5
+    loss, _ = run("simpo", t(LOGPS), pair_batch(ref=False), params=simpo.params_at(params, 0.25))
+    assert loss.item() == pytest.approx((-logsig(1.5) - logsig(-2.5)) / 2, rel=1e-6)
+    # without an end value, or for an objective without a schedule, params are unchanged
+    constant = simpo.make_params()
+    assert simpo.params_at(constant, 0.7) is constant
+    dpo_params = get("dpo").make_params()
+    assert get("dpo").at_progress is None and get("dpo").params_at(dpo_params, 0.3) is dpo_params
+    with pytest.raises(ValueError, match=r"progress must be in \[0, 1\]"):
+        simpo.params_at(params, 1.5)
 
 
 # ---------------------------------------------------------------------------- split invariance
@@ -270,7 +340,8 @@ def _random_pairs(n_pairs: int, seed: int) -> tuple[torch.Tensor, dict[str, torc
     mask = (torch.arange(width)[None, :] >= 1) & (torch.arange(width)[None, :] <= lengths[:, None])
     logps = -torch.rand(rows, width, generator=gen) * 3
     ref = logps - torch.randn(rows, width, generator=gen) * 0.5
-    return logps, {"response_mask": mask.long(), "ref_token_logps": ref}
+    attention = torch.arange(width)[None, :] <= lengths[:, None]
+    return logps, {"response_mask": mask.long(), "attention_mask": attention.long(), "ref_token_logps": ref}
 
 
 def _rows(batch: dict[str, torch.Tensor], idx: list[int]) -> dict[str, torch.Tensor]:
@@ -365,8 +436,11 @@ def test_unknown_and_invalid_params():
 
 
 def test_check_batch_missing_fields():
-    with pytest.raises(KeyError, match="'dpo' needs batch field.* ref_token_logps; batch has response_mask"):
+    with pytest.raises(KeyError, match="'dpo' needs batch field.* ref_token_logps; batch has attention_mask, response"):
         get("dpo").check_batch(pair_batch(ref=False), get("dpo").make_params())
+    for name in ("simpo", "dpo", "rm"):  # the length metrics read both masks
+        with pytest.raises(KeyError, match="attention_mask"):
+            get(name).check_batch({"response_mask": MASK, "ref_token_logps": t(REF)}, get(name).make_params())
     with pytest.raises(KeyError, match="'kto' needs batch field.* label, ref_token_logps"):
         get("kto").check_batch(pair_batch(ref=False), get("kto").make_params())
     get("simpo").check_batch(pair_batch(ref=False), get("simpo").make_params())  # no reference needed
@@ -378,4 +452,4 @@ def test_shape_errors_are_one_line():
     with pytest.raises(ValueError, match="dpo: pairs batch has an odd number of rows"):
         run("dpo", t(LOGPS)[:3], _rows(pair_batch(), [0, 1, 2]))
     with pytest.raises(ValueError, match=r"rm: score must be \[2P\]"):
-        run("rm", torch.zeros(3), {})
+        run("rm", torch.zeros(3), pair_batch(ref=False))

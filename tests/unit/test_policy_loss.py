@@ -38,6 +38,43 @@ def test_k3_is_clamped_as_verl():
     close(kl(torch.tensor([[0.0, 30.0]]), torch.tensor([[30.0, 0.0]]), "k3"), [[10.0, 10.0]])
 
 
+def _kl_value_and_grad(logp_values, ref_values, estimator):
+    logp = torch.tensor([logp_values], dtype=torch.float64, requires_grad=True)
+    value = kl(logp, torch.tensor([ref_values], dtype=torch.float64), estimator)
+    value.sum().backward()
+    return value.detach(), logp.grad
+
+
+def test_straight_through_and_abs_estimators():
+    # d = logp - ref = ln 2, -ln 2, 0
+    ln2 = math.log(2)
+    logp, ref = [math.log(0.5), math.log(0.25), -1.0], [math.log(0.25), math.log(0.5), -1.0]
+    # plain k3's gradient is d/dlogp (exp(-d) + d - 1) = 1 - exp(-d): 0.5, -1, 0
+    _, grad = _kl_value_and_grad(logp, ref, "k3")
+    close(grad, [[0.5, -1.0, 0.0]])
+    # k3+: the value of k3, the gradient of k2 (= d)
+    value, grad = _kl_value_and_grad(logp, ref, "k3+")
+    close(value, [[0.5 + ln2 - 1.0, 2.0 - ln2 - 1.0, 0.0]])
+    close(grad, [[ln2, -ln2, 0.0]])
+    # k1+: the value of k1 (= d), the gradient of k2 (= d)
+    value, grad = _kl_value_and_grad(logp, ref, "k1+")
+    close(value, [[ln2, -ln2, 0.0]])
+    close(grad, [[ln2, -ln2, 0.0]])
+    # abs: |d|, gradient sign(d) (0 at d = 0)
+    value, grad = _kl_value_and_grad(logp, ref, "abs")
+    close(value, [[ln2, ln2, 0.0]])
+    close(grad, [[1.0, -1.0, 0.0]])
+
+
+def test_k3_plus_keeps_the_gradient_where_k3_is_clamped():
+    # d = -30: k3 is clamped to 10 with gradient 0; k3+ keeps the value 10 and k2's gradient d = -30
+    _, grad = _kl_value_and_grad([0.0], [30.0], "k3")
+    close(grad, [[0.0]])
+    value, grad = _kl_value_and_grad([0.0], [30.0], "k3+")
+    close(value, [[10.0]])
+    close(grad, [[-30.0]])
+
+
 def test_unknown_estimator():
     with pytest.raises(ValueError, match="k1, k2, k3"):
         kl(torch.zeros(1, 1), torch.zeros(1, 1), "k4")
@@ -101,17 +138,20 @@ MASK = [[0, 1, 1, 1], [0, 1, 1, 0]]
 
 
 @pytest.mark.parametrize(
-    "mode, expected",
+    "overrides, expected",
     [
         # on-policy, per-token loss -A: row 0 (A = 1) -1, -1, -1; row 1 (A = -3) 3, 3
-        ("token-mean", (-3 + 6) / 5),
-        ("seq-mean-token-sum", (-3 + 6) / 2),
-        ("seq-mean-token-mean", (-1 + 3) / 2),
+        ({"loss_agg": "token-mean"}, (-3 + 6) / 5),
+        ({"loss_agg": "token-sum"}, -3 + 6),
+        ({"loss_agg": "seq-mean-token-sum"}, (-3 + 6) / 2),
+        ({"loss_agg": "seq-mean-token-mean"}, (-1 + 3) / 2),
+        # Dr. GRPO: token sums over the constant 4, mean over the 2 sequences
+        ({"loss_agg": "seq-mean-token-sum-norm", "loss_agg_norm": 4}, (-3 / 4 + 6 / 4) / 2),
     ],
 )
-def test_loss_aggregation_modes(mode, expected):
+def test_loss_aggregation_modes(overrides, expected):
     obj = get("grpo")
-    params = obj.make_params({"loss_agg": mode})
+    params = obj.make_params(overrides)
     logp = torch.full((2, 4), -0.7)
     batch = _batch([1.0, -3.0], MASK, old_logps=logp.clone())
     counts = GlobalCounts(examples=2, tokens=5)
@@ -140,6 +180,59 @@ def test_kl_term_in_loss():
     close(metrics["kl"], kl_mean)
     close(loss, 3 / 5 + 0.5 * kl_mean)
     close(metrics["loss"], 3 / 5 + 0.5 * kl_mean)
+
+
+MASK_EMPTY = [[0, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 0]]  # row 1 has no response token
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # per-token loss -A: row 0 (A = 1) -1, -1, -1; row 1 nothing; row 2 (A = -3) 3, 3;
+        # the seq-mean modes divide by the 2 non-empty rows, not the 3 rows
+        ({"loss_agg": "token-mean"}, (-3 + 6) / 5),
+        ({"loss_agg": "token-sum"}, -3 + 6),
+        ({"loss_agg": "seq-mean-token-sum"}, (-3 + 6) / 2),
+        ({"loss_agg": "seq-mean-token-mean"}, (-1 + 3) / 2),
+        ({"loss_agg": "seq-mean-token-sum-norm", "loss_agg_norm": 8}, (-3 + 6) / 8 / 2),
+    ],
+)
+def test_loss_aggregation_with_an_empty_row(overrides, expected):
+    obj = get("grpo")
+    params = obj.make_params(overrides)
+    logp = torch.full((3, 4), -0.7)
+    batch = _batch([1.0, 5.0, -3.0], MASK_EMPTY, old_logps=logp.clone())
+    counts = GlobalCounts(examples=3, tokens=5, nonempty=2)
+    loss, _ = obj.loss(logp, batch, params, counts)
+    close(loss, expected)
+    # split [rows 0, 1] + [row 2]: the empty row sits in the first micro-batch; same total
+    parts = [obj.loss(logp[i], {k: v[i] for k, v in batch.items()}, params, counts)[0] for i in ([0, 1], [2])]
+    close(parts[0] + parts[1], expected)
+
+
+def test_counts_without_nonempty_divide_by_every_row():
+    # nonempty=None means "same as examples": the 3 rows, as before the count existed
+    obj = get("grpo")
+    logp = torch.full((3, 4), -0.7)
+    batch = _batch([1.0, 5.0, -3.0], MASK_EMPTY, old_logps=logp.clone())
+    loss, _ = obj.loss(logp, batch, obj.make_params({"loss_agg": "seq-mean-token-sum"}), GlobalCounts(3, 5))
+    close(loss, (-3 + 6) / 3)
+
+
+def test_kl_straight_through_in_loss():
+    # advantages 0, so only the KL term moves the policy; k3+ gives k3's value and k2's gradient
+    obj = get("grpo")
+    params = obj.make_params({"kl_coef": 0.5, "kl_estimator": "k3+"})
+    logp = torch.full((2, 4), -1.0, requires_grad=True)
+    d = torch.tensor([[0.0, 0.2, 0.4, 0.6], [0.0, 1.0, 1.0, 9.0]])
+    batch = _batch([0.0, 0.0], MASK, old_logps=logp.detach().clone(), ref_token_logps=logp.detach() - d)
+    loss, metrics = obj.loss(logp, batch, params, GlobalCounts(examples=2, tokens=5))
+    k3 = [math.exp(-x) + x - 1 for x in (0.2, 0.4, 0.6, 1.0, 1.0)]
+    close(metrics["kl"], sum(k3) / 5)
+    close(loss, 0.5 * sum(k3) / 5)
+    loss.backward()
+    # d loss / d logp = kl_coef * d / tokens on response tokens
+    close(logp.grad, [[0.0, 0.1 * 0.2, 0.1 * 0.4, 0.1 * 0.6], [0.0, 0.1, 0.1, 0.0]])
 
 
 def test_kl_in_reward_is_not_in_loss():
@@ -192,6 +285,9 @@ def test_online_objectives_registered():
         ("grpo", {"dual_clip": 1.0}, "dual_clip"),
         ("grpo", {"kl_estimator": "k4"}, "kl_estimator"),
         ("grpo", {"loss_agg": "seq-mean"}, "loss_agg"),
+        ("grpo", {"loss_agg": "seq-mean-token-sum-norm"}, "set loss_agg_norm"),
+        ("grpo", {"loss_agg": "seq-mean-token-sum-norm", "loss_agg_norm": 0}, "set loss_agg_norm"),
+        ("grpo", {"loss_agg_norm": 512}, "loss_agg_norm applies to loss_agg 'seq-mean-token-sum-norm' only"),
         ("grpo", {"clip_low": 1.0}, "clip_low"),
         ("rloo", {"norm_std": False}, "unknown rloo parameter"),
         ("reinforce_pp", {"gamma": 0.0}, "gamma"),
