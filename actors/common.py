@@ -136,6 +136,13 @@ def init_process_group(
     )
 
 
+def adamw_kernel(device: str) -> dict[str, Any]:
+    """Keyword arguments that pick torch AdamW's fused kernel (one kernel over all tensors, CPU and CUDA)
+    instead of its per-parameter loop; the update is the same AdamW."""
+    backend_for(device)
+    return {"fused": True}
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
 

@@ -35,6 +35,7 @@ Config (a plain dict built by the driver; defaults in ``DEFAULTS``):
 | timeout_s              | 600         | process-group / collective timeout                              |
 | gradient_checkpointing | False       |                                                                 |
 | reference_colocated    | False       | also hold a frozen copy of the initial model (compute_reference)|
+| pack                   | True        | rows sharing a prompt run it once (``rlhf.packing``)            |
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import torch
 
 from actors import common, model_io
 from actors.weight_sync import WeightSenderMixin
+from rlhf.objectives.base import GlobalCounts, Objective
 
 DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
@@ -71,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout_s": 600.0,
     "gradient_checkpointing": False,
     "reference_colocated": False,
+    "pack": True,
 }
 
 
@@ -141,7 +144,8 @@ class LearnerActor(WeightSenderMixin):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
         optimizer = torch.optim.AdamW(
-            self._param_groups(model), lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), weight_decay=cfg["weight_decay"]
+            self._param_groups(model), lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), weight_decay=cfg["weight_decay"],
+            **common.adamw_kernel(device),
         )
         warmup, total, floor = int(cfg["warmup_steps"]), int(cfg["total_steps"]), float(cfg["min_lr_ratio"])
 
@@ -223,72 +227,115 @@ class LearnerActor(WeightSenderMixin):
 
     # ---- training -----------------------------------------------------------------------------
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]], objective: str, params: dict[str, Any],
-                   counts: dict[str, int]) -> dict[str, float]:
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]], objective: Objective, params: Any,
+                   counts: GlobalCounts, on_policy: bool = False) -> dict[str, float]:
         """One optimizer step over ``micro_batches`` (exactly ``grad_accum`` of them on every rank).
 
-        ``counts`` are the step's global totals (``GlobalCounts`` as a dict). Returns the
-        objective's metrics and ``loss``, each summed over micro-batches and ranks (so each is the
-        global mean), plus ``grad_norm`` (before clipping) and ``lr`` (the rate this step used).
-        A non-finite loss on any rank stops every rank with an error naming the rank(s).
-        """
-        from rlhf.objectives import GlobalCounts, get
+        ``objective`` is the registry record itself (so objectives registered by ``--import`` in
+        the driver work here too), ``params`` its params dataclass, ``counts`` the step's global
+        totals. With ``on_policy`` (a rollout that feeds exactly this one optimizer step), a batch
+        without ``old_logps`` takes them from this very forward, detached: the same values a
+        separate no-grad forward would give, without running it. The gap between those log-probs
+        and the generator's ``behaviour_logps`` is then measured here (``logprob_gap/mean``,
+        ``logprob_gap/max``).
 
+        Returns the objective's metrics and ``loss``, each summed over micro-batches and ranks
+        (so each is the global mean), plus ``grad_norm`` (before clipping), ``lr`` (the rate this
+        step used) and ``skipped`` (1.0 when a non-finite loss or gradient on any rank skipped
+        the step: weights and optimizer state are then untouched).
+        """
         self._require_setup()
-        if len(micro_batches) != int(self.cfg["grad_accum"]):
+        gas = int(self.cfg["grad_accum"])
+        if len(micro_batches) != gas:
             raise ValueError(
                 f"learner rank {self.rank}: got {len(micro_batches)} micro-batches, config grad_accum is "
-                f"{self.cfg['grad_accum']} (every rank needs exactly that many per step)"
+                f"{gas} (every rank needs exactly that many per step)"
             )
-        obj = get(objective)
-        hyper = obj.make_params(params)
-        global_counts = GlobalCounts(examples=int(counts["examples"]), tokens=int(counts["tokens"]))
         engine = self.engine
         engine.train()
         lr = float(engine.get_lr()[0])
         totals: dict[str, torch.Tensor] = {}
+        peaks: dict[str, torch.Tensor] = {}
         grad_norm = None
         for index, raw in enumerate(micro_batches):
-            obj.check_batch(raw, hyper)
             batch = common.to_device(raw, self.device)
-            out = model_io.policy_output(engine, batch, obj.output)
-            loss, metrics = obj.loss(out, batch, hyper, global_counts)
-            self._check_finite(loss, objective, index)
+            out = model_io.policy_output(engine, batch, objective.output, pack=bool(self.cfg["pack"]))
+            if on_policy and "old_logps" not in batch:
+                batch["old_logps"] = out.detach()
+                if "behaviour_logps" in batch:
+                    self._gap_metrics(batch, counts, totals, peaks)
+            objective.check_batch(batch, params)
+            loss, metrics = objective.loss(out, batch, params, counts)
+            if not self._all_finite(loss):
+                return self._skip_step(index, lr, "loss")
             engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            if index == len(micro_batches) - 1 and self.cfg["zero_stage"] == 0:
-                grad_norm = self._local_grad_norm()
+            if index == gas - 1:
+                if not self._all_finite(self._local_grad_check()):
+                    return self._skip_step(index, lr, "gradient")
+                if self.cfg["zero_stage"] == 0:
+                    grad_norm = self._local_grad_norm()
             engine.step()
             for key, value in {**metrics, "loss": loss}.items():
                 value = torch.as_tensor(value).detach().float().to(self.device).sum()
                 totals[key] = totals.get(key, 0.0) + value
         self.steps += 1
-        result = self._all_reduce_sum(totals)
+        result = self._all_reduce(totals, torch.distributed.ReduceOp.SUM)
+        result.update(self._all_reduce(peaks, torch.distributed.ReduceOp.MAX))
         norm = engine.get_global_grad_norm() if grad_norm is None else grad_norm
         result["grad_norm"] = float(norm) if norm is not None else float("nan")
         result["lr"] = lr
+        result["skipped"] = 0.0
         return result
 
-    def _check_finite(self, loss: torch.Tensor, objective: str, index: int) -> None:
-        """All ranks learn together whether any rank's loss is NaN/inf, and all raise if so."""
-        bad = torch.zeros(self.world_size, device=self.device)
-        bad[self.rank] = float(not bool(torch.isfinite(loss.detach()).all()))
+    def _gap_metrics(self, batch: dict[str, torch.Tensor], counts: GlobalCounts,
+                     totals: dict[str, torch.Tensor], peaks: dict[str, torch.Tensor]) -> None:
+        """|learner - generator| log-prob gap of this micro-batch: its share of the mean, and its max."""
+        mask = batch["response_mask"].bool()
+        diff = (batch["old_logps"] - batch["behaviour_logps"].float()).abs()[mask]
+        totals["logprob_gap/mean"] = totals.get("logprob_gap/mean", 0.0) + diff.sum() / max(counts.tokens, 1)
+        local_max = diff.max() if diff.numel() else torch.zeros((), device=diff.device)
+        peaks["logprob_gap/max"] = torch.maximum(peaks.get("logprob_gap/max", local_max), local_max)
+
+    def _all_finite(self, value: torch.Tensor | None) -> bool:
+        """Whether ``value`` is finite on every rank (a collective: every rank calls it at the same point)."""
+        bad = torch.zeros(1, device=self.device)
+        if value is not None:
+            bad[0] = float(not bool(torch.isfinite(value.detach()).all()))
         torch.distributed.all_reduce(bad)
-        if bool(bad.any()):
-            ranks = bad.nonzero().flatten().tolist()
-            raise FloatingPointError(
-                f"non-finite {objective} loss on learner rank(s) {ranks} at step {self.steps} micro-batch {index} "
-                f"(this is rank {self.rank}, loss {loss.item()})"
-            )
+        return not bool(bad.item())
+
+    def _local_grad_check(self) -> torch.Tensor | None:
+        """Sum of this rank's gradients (NaN/Inf if any is), where whole gradients live on the params.
+
+        ZeRO 0/1 keep them in ``param.grad``; ZeRO 2/3 move them into partitioned buffers during
+        backward, where a non-finite value shows up in the loss of the next step instead (the loss
+        check catches it before any update).
+        """
+        if int(self.cfg["zero_stage"]) > 1:
+            return None
+        grads = [p.grad.detach().float().sum() for p in self.engine.module.parameters() if p.grad is not None]
+        return torch.stack(grads).sum() if grads else None
+
+    def _skip_step(self, stepped: int, lr: float, what: str) -> dict[str, Any]:
+        """Drop this optimizer step: clear gradients, keep weights and optimizer state, and realign
+        DeepSpeed's micro-step counter as if all ``grad_accum`` micro-batches had been stepped
+        (``stepped`` of them were)."""
+        engine = self.engine
+        engine.optimizer.zero_grad(set_to_none=True)
+        engine.module.zero_grad(set_to_none=True)
+        engine.micro_steps += int(self.cfg["grad_accum"]) - stepped
+        return {"skipped": 1.0, "skip_reason": f"non-finite {what}", "lr": lr}
 
     def _local_grad_norm(self) -> float:
         """Global gradient norm at ZeRO stage 0 (gradients are whole and reduced after the last backward)."""
         squares = [p.grad.detach().float().pow(2).sum() for p in self.engine.module.parameters() if p.grad is not None]
         return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
 
-    def _all_reduce_sum(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        keys = sorted(totals)
-        packed = torch.stack([totals[k] for k in keys]) if keys else torch.zeros(0, device=self.device)
-        torch.distributed.all_reduce(packed)
+    def _all_reduce(self, values: dict[str, torch.Tensor], op: Any) -> dict[str, float]:
+        """``values`` reduced with ``op`` over every rank (each rank must pass the same keys)."""
+        keys = sorted(values)
+        packed = torch.stack([values[k] for k in keys]) if keys else torch.zeros(0, device=self.device)
+        torch.distributed.all_reduce(packed, op=op)
         return {k: float(v) for k, v in zip(keys, packed.tolist())}
 
     # ---- inference ----------------------------------------------------------------------------
@@ -304,7 +351,8 @@ class LearnerActor(WeightSenderMixin):
         was_training = engine.module.training
         engine.eval()
         try:
-            return model_io.policy_output(engine, common.to_device(batch, self.device), output).float().cpu()
+            batch = common.to_device(batch, self.device)
+            return model_io.policy_output(engine, batch, output, pack=bool(self.cfg["pack"])).float().cpu()
         finally:
             engine.train(was_training)
 
@@ -313,7 +361,36 @@ class LearnerActor(WeightSenderMixin):
         """The frozen initial model's ``output`` (needs ``reference_colocated``); CPU float32."""
         if self.reference is None:
             raise RuntimeError(f"learner rank {self.rank} holds no reference model (set reference_colocated: true)")
-        return model_io.policy_output(self.reference, common.to_device(batch, self.device), output).float().cpu()
+        batch = common.to_device(batch, self.device)
+        return model_io.policy_output(self.reference, batch, output, pack=bool(self.cfg["pack"])).float().cpu()
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def save_checkpoint(self, folder: str, tag: str) -> str:
+        """Write this rank's share of the run state into ``folder``: DeepSpeed's own checkpoint
+        (module, optimizer and LR-scheduler state per ZeRO rank, under ``folder/tag``) and this
+        rank's RNG (``rng-learner-<rank>.pt``). Every rank calls; returns ``folder``."""
+        from rlhf.checkpoint import save_rng
+
+        self._require_setup()
+        self.engine.save_checkpoint(folder, tag=tag, client_state={"learner_steps": self.steps}, save_latest=False)
+        save_rng(folder, f"learner-{self.rank}")
+        torch.distributed.barrier()
+        return folder
+
+    def load_checkpoint(self, folder: str, tag: str) -> int:
+        """Restore what ``save_checkpoint`` wrote (weights, optimizer, LR schedule, RNG); every rank
+        calls. Returns the optimizer steps this learner had taken."""
+        from rlhf.checkpoint import load_rng, set_rng_state
+
+        self._require_setup()
+        path, client = self.engine.load_checkpoint(folder, tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"learner rank {self.rank}: no DeepSpeed checkpoint {tag!r} in {folder}")
+        self.steps = int((client or {}).get("learner_steps", 0))
+        set_rng_state(load_rng(folder, f"learner-{self.rank}"))
+        return self.steps
 
     # ---- export -------------------------------------------------------------------------------
 

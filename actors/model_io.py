@@ -2,8 +2,9 @@
 
 Policy outputs follow ``rlhf.objectives.base``:
 
-- ``"token_logps"``: ``[R, T]`` float32, ``out[r, t] = log p(x_t | x_<t)`` for ``t >= 1``;
-  0 at ``t = 0`` and at padded positions (``attention_mask == 0``).
+- ``"token_logps"``: ``[R, T]`` float32, ``out[r, t] = log p(x_t | x_<t)`` at the completion
+  tokens (``response_mask == 1``; every real token after the first when the batch has no
+  ``response_mask``), 0 elsewhere.
 - ``"score"``: ``[R]`` float32, the scalar head read at the last real token of each row (the
   last position with ``attention_mask == 1``; rows are right padded).
 
@@ -76,7 +77,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[R, T, V]`` logits (position ``t`` predicts ``t + 1``) -> ``[R, T]`` float32 token log-probs."""
+    """``[R, T, V]`` logits (position ``t`` predicts ``t + 1``) -> ``[R, T]`` float32 token log-probs.
+
+    The plain full-vocabulary reference; ``policy_output`` computes the same values only where
+    they are read.
+    """
     shifted = logits[:, :-1].float()
     targets = input_ids[:, 1:].unsqueeze(-1)
     picked = shifted.gather(-1, targets).squeeze(-1) - torch.logsumexp(shifted, dim=-1)
@@ -94,10 +99,70 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return lengths - 1
 
 
-def policy_output(model: torch.nn.Module, batch: dict[str, torch.Tensor], output: str) -> torch.Tensor:
+def _can_pack(model: torch.nn.Module) -> bool:
+    """Packing passes a custom 4D attention mask: SDPA and eager attention take one, flash kernels do not."""
+    impl = getattr(unwrap(model).config, "_attn_implementation", "sdpa")
+    return impl in ("sdpa", "eager")
+
+
+# log-softmax over the vocabulary in row chunks, so no [N, V] float32 copy of bf16 logits is made at once
+_LOGSOFTMAX_CHUNK = 2048
+
+
+def _picked_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[N, V]`` logits, ``[N]`` token ids -> ``[N]`` float32 ``log softmax(logits)[target]``."""
+    parts = []
+    for chunk, tgt in zip(logits.split(_LOGSOFTMAX_CHUNK), targets.split(_LOGSOFTMAX_CHUNK)):
+        chunk = chunk.float()
+        parts.append(chunk.gather(-1, tgt[:, None]).squeeze(-1) - torch.logsumexp(chunk, dim=-1))
+    return torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32)
+
+
+def selected_token_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], pack: bool = True) -> torch.Tensor:
+    """``[R, T]`` float32 log-probs of the completion tokens only (``response_mask``; all real tokens
+    after the first when the batch has none), 0 elsewhere.
+
+    The output head and the log-softmax run only at the positions that predict those tokens (a
+    forward pre-hook on the output embedding hands it just those hidden states), so no
+    ``[R, T, V]`` logits tensor exists. With ``pack`` (and an attention implementation that takes
+    a 4D mask), rows that share a prompt run it once (``rlhf.packing``).
+    """
+    from rlhf.packing import pack_shared_prefixes
+
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    wanted = batch.get("response_mask", attention_mask).bool() & attention_mask.bool()
+    wanted[:, 0] = False
+    rows, cols = wanted.nonzero(as_tuple=True)
+    targets = input_ids[rows, cols]
+    head = unwrap(model).get_output_embeddings()
+    if pack and "response_mask" in batch and _can_pack(model):
+        packed = pack_shared_prefixes(input_ids, attention_mask, batch["response_mask"])
+        impl = getattr(unwrap(model).config, "_attn_implementation", "sdpa")
+        mask = packed.attention_mask(None if impl == "sdpa" else head.weight.dtype)
+        inputs = {"input_ids": packed.input_ids, "attention_mask": mask, "position_ids": packed.position_ids}
+        at_row, at_pos = packed.predictor(rows, cols)
+    else:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        at_row, at_pos = rows, cols - 1
+
+    def only_needed(_module: torch.nn.Module, args: tuple) -> tuple:
+        return (args[0][at_row, at_pos].unsqueeze(0),)
+
+    handle = head.register_forward_pre_hook(only_needed)
+    try:
+        logits = model(**inputs, use_cache=False).logits[0]  # [N, V]
+    finally:
+        handle.remove()
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=logits.device)
+    return out.index_put((rows, cols), _picked_logps(logits, targets))
+
+
+def policy_output(model: torch.nn.Module, batch: dict[str, torch.Tensor], output: str,
+                  pack: bool = True) -> torch.Tensor:
     """Forward ``model`` (an engine, peft or HF model) on ``batch``; return ``output`` (see module doc).
 
-    The whole model's forward is called (so DeepSpeed's hooks see the usual module order); for
+    The whole model's forward is called (so DeepSpeed's hooks see the usual module order).
+    ``token_logps`` are computed at completion positions only (``selected_token_logps``); for
     ``score`` the head's per-position output is captured by a forward hook and read at
     ``last_token_index``.
     """
@@ -105,8 +170,7 @@ def policy_output(model: torch.nn.Module, batch: dict[str, torch.Tensor], output
         raise ValueError(f"unknown policy output {output!r}; valid: {', '.join(OUTPUTS)}")
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if output == "token_logps":
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return token_logps(logits, input_ids, attention_mask)
+        return selected_token_logps(model, batch, pack)
     head = getattr(unwrap(model), "score", None)
     if head is None:
         raise ValueError("output 'score' needs a model with a score head (learner config score_head: true)")

@@ -275,17 +275,14 @@ class _LocalModel:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def call(self, method: str, batch: dict, output: str) -> list:
+    def compute(self, batch: dict, output: str = "token_logps") -> Any:
         import torch
 
         from actors.model_io import policy_output
 
-        if method != "compute":
-            raise ValueError(f"local model: unexpected call {method!r}")
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            out = policy_output(self.model, {k: v.to(device) for k, v in batch.items()}, output)
-        return [out.cpu()]
+            return policy_output(self.model, {k: v.to(device) for k, v in batch.items()}, output).cpu()
 
 
 class _LocalSession:
@@ -298,7 +295,7 @@ class _LocalSession:
     def reference_logps(self, per_rank: list) -> list:
         if self.reference is None:
             raise ValueError("this implicit reward needs a reference model (--reference)")
-        return [[self.reference.call("compute", per_rank[0][0], "token_logps")[0]]]
+        return [[self.reference.compute(per_rank[0][0], "token_logps")]]
 
 
 def pair_accuracy(model: Any, objective_name: str, pairs: Sequence[dict], pad_id: int, reference: Any = None,

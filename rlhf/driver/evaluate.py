@@ -25,8 +25,8 @@ def preference_accuracy(
     A tie counts as half right: before any update DPO's and KTO's implicit rewards are exactly
     0 for every row, which is chance (0.5), not "always wrong".
 
-    Every learner rank runs the same forward (a collective under ZeRO-3); rank 0's answer is
-    used. Reference log-probs, when the implicit reward needs them, are computed once and kept
+    The rows are split over the learner ranks (``LearnerGroup.compute``). Reference log-probs,
+    when the implicit reward needs them, are computed once and kept
     in ``ref_cache`` (the reference never changes).
     """
     if not pairs or objective.implicit_reward is None:
@@ -42,7 +42,7 @@ def preference_accuracy(
                 batch["ref_token_logps"] = session.reference_logps([[batch]])[0][0]
                 if ref_cache is not None:
                     ref_cache[start] = batch["ref_token_logps"]
-        out = session.learners.call("compute", batch, objective.output)[0]
+        out = session.learners.compute(batch, objective.output)
         reward = objective.implicit_reward(out, batch, params)
         n = len(chunk)
         diff = reward[:n] - reward[n:]

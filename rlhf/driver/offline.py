@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
-from tqdm import tqdm
-
 from rlhf import data as rdata
-from rlhf.batch import collate, global_counts, mismatched_completions, shard
+from rlhf.batch import global_counts, mismatched_completions
 from rlhf.buffer import RolloutBuffer
 from rlhf.config import RunConfig, objective_params
+from rlhf.driver.durable import StageRun
 from rlhf.driver.evaluate import preference_accuracy
-from rlhf.metrics import MetricLogger
+from rlhf.driver.progress import PhaseTimer, headline
 from rlhf.objectives import get
 
 log = logging.getLogger("rlhf")
@@ -61,14 +59,20 @@ def load_offline_data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[
 
 
 def run_offline_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], list[dict], dict[str, Any]],
-                      tokenizer: Any, logger: MetricLogger, stage_name: str) -> dict[str, Any]:
-    """Train ``cfg.train.max_steps`` optimizer steps of ``cfg.algo`` on ``data`` (``load_offline_data``)."""
+                      tokenizer: Any, stage: StageRun) -> dict[str, Any]:
+    """Train ``cfg.train.max_steps`` optimizer steps of ``cfg.algo`` on ``data`` (``load_offline_data``).
+
+    The batch order is a seeded stream (``RolloutBuffer.epochs``); a resumed stage replays the
+    stream up to its checkpoint's step, so it continues with exactly the batches it would have had.
+    """
+    from actors.learner_group import TrainStep
+
     objective = get(cfg.algo)
     params = objective_params(cfg)
     train, held_out, info = data
     for split, stats in info.items():
         if stats:
-            print(f"[{stage_name}] {split} data: {stats}")
+            print(f"[{stage.name}] {split} data: {stats}")
     buffer = RolloutBuffer(objective.data)
     buffer.add(train, version=session.version)
     t = cfg.train
@@ -76,43 +80,78 @@ def run_offline_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], list
         session.start_reference()
     pad_id = tokenizer.pad_token_id
     ref_cache: dict = {}
-    before = preference_accuracy(session, objective, params, held_out, pad_id, ref_cache=ref_cache)
+    logger = stage.logger
+    done = stage.start()
+    before = {} if done else preference_accuracy(session, objective, params, held_out, pad_id, ref_cache=ref_cache)
     if before:
-        print(f"[{stage_name}] held-out preference accuracy before: {before['eval/accuracy']:.3f} "
+        print(f"[{stage.name}] held-out preference accuracy before: {before['eval/accuracy']:.3f} "
               f"({before['eval/pairs']} pairs)")
-        logger.log(session.version, {f"{k}_before": v for k, v in before.items()}, stage_name)
+        logger.log(session.steps, {f"{k}_before": v for k, v in before.items()}, stage.name)
     stream = buffer.epochs(t.global_batch, seed=t.seed)
-    params_dict = dataclasses.asdict(params)
-    bar = tqdm(range(t.max_steps), desc=f"{stage_name}", disable=not cfg.progress, dynamic_ncols=True)
+    for _ in range(done):  # the batches the checkpointed steps already trained on
+        next(stream)
+    bar = stage.progress.bar(stage.name, t.max_steps, initial=done)
     last: dict[str, Any] = {}
-    for _ in bar:
-        examples = next(stream)
-        if objective.data == "unpaired":
-            kl = mismatched_completions(examples)
-            examples = [{**e, "kl_completion_ids": c} for e, c in zip(examples, kl)]
-        counts = dataclasses.asdict(global_counts(objective.data, examples))
-        per_rank = [[collate(objective.data, mb, pad_id) for mb in mbs]
-                    for mbs in shard(examples, t.num_learners, t.grad_accum)]
-        if objective.needs_reference(params):
-            refs = session.reference_logps(per_rank)
-            for mbs, ref_row in zip(per_rank, refs):
-                for mb, ref in zip(mbs, ref_row):
-                    mb["ref_token_logps"] = ref
-        metrics = session.learners.call(
-            "train_step", per_rank=[(mbs, cfg.algo, params_dict, counts) for mbs in per_rank])[0]
-        session.version += 1
-        last = metrics
-        logger.log(session.version, metrics, stage_name)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "rewards/accuracy", "accuracy")})
-        if cfg.eval_every and session.version % cfg.eval_every == 0 and held_out:
-            logger.log(session.version, preference_accuracy(session, objective, params, held_out, pad_id,
-                                                            ref_cache=ref_cache), stage_name)
+    for step in range(done, t.max_steps):
+        timer = PhaseTimer()
+        with timer.phase("data"):
+            examples = next(stream)
+            if objective.data == "unpaired":
+                kl = mismatched_completions(examples)
+                examples = [{**e, "kl_completion_ids": c} for e, c in zip(examples, kl)]
+            counts = global_counts(objective.data, examples)
+            per_rank = session.learners.shard_examples(objective.data, examples, pad_id)
+        step_params = objective.params_at(params, step / max(t.max_steps - 1, 1))
+        if objective.needs_reference(step_params):
+            with timer.phase("ref_logps"):
+                refs = session.reference_logps(per_rank)
+                for mbs, ref_row in zip(per_rank, refs):
+                    for mb, ref in zip(mbs, ref_row):
+                        mb["ref_token_logps"] = ref
+        with timer.phase("train"):
+            metrics = session.learners.train_step(TrainStep(objective, step_params, counts, per_rank))
+        if not metrics.get("skipped"):
+            session.version += 1
+            last = metrics
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and held_out:
+            with timer.phase("eval"):
+                metrics.update(preference_accuracy(session, objective, params, held_out, pad_id, ref_cache=ref_cache))
+        phases = timer.finish()
+        metrics.update(phases)
+        text = stage.progress.advance(bar, phases["time/step"], headline(metrics, HEADLINE), phases)
+        stage.step_done(session, metrics, {"batches": step + 1, "seed": t.seed})
+        if not cfg.progress:
+            print(f"[{stage.name}] step {step + 1}/{t.max_steps}: {text}", flush=True)
     bar.close()
+    stage.save(session, {"batches": t.max_steps, "seed": t.seed})
     after = preference_accuracy(session, objective, params, held_out, pad_id, ref_cache=ref_cache)
-    summary: dict[str, Any] = {"stage": stage_name, "algo": cfg.algo, "steps": t.max_steps, "last": last}
+    summary: dict[str, Any] = {"stage": stage.name, "algo": cfg.algo, "steps": t.max_steps, "last": last}
     if after:
-        print(f"[{stage_name}] held-out preference accuracy after: {after['eval/accuracy']:.3f} "
-              f"(before {before['eval/accuracy']:.3f})")
-        logger.log(session.version, {f"{k}_after": v for k, v in after.items()}, stage_name)
-        summary.update(accuracy_before=before["eval/accuracy"], accuracy_after=after["eval/accuracy"])
+        start = before or _logged_before(stage)
+        note = f" (before {start['eval/accuracy']:.3f})" if start else ""
+        print(f"[{stage.name}] held-out preference accuracy after: {after['eval/accuracy']:.3f}{note}")
+        logger.log(session.steps, {f"{k}_after": v for k, v in after.items()}, stage.name)
+        summary["accuracy_after"] = after["eval/accuracy"]
+        if start:
+            summary["accuracy_before"] = start["eval/accuracy"]
     return summary
+
+
+HEADLINE = ("loss", "rewards/accuracy")
+
+
+def _logged_before(stage: StageRun) -> dict[str, float]:
+    """The "before" accuracy a resumed stage logged in its first life (read back from metrics.jsonl)."""
+    import json
+
+    path = stage.out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("stage") == stage.name and "eval/accuracy_before" in record:
+            return {"eval/accuracy": record["eval/accuracy_before"]}
+    return {}

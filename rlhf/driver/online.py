@@ -5,8 +5,11 @@ One rollout step:
 1. sync the learner's weights into the generators if they changed (before every generation);
 2. take ``prompts_per_step`` prompts, sample ``n`` completions each (the GRPO/RLOO group);
 3. score them with the reward functions (and the reward model actor, if configured);
-4. the learner recomputes the sampled tokens' log-probs (``old_logps``; the gap to vLLM's own
-   log-probs is logged: a sync that silently did nothing shows up there);
+4. ``old_logps``, the sampled tokens' log-probs under the learner's current weights: when the
+   rollout feeds exactly one optimizer step (``epochs = mini_batches = 1``) and ``prepare`` does
+   not read them, they come from that step's own training forward (detached; the ratio is then
+   exactly 1); otherwise a separate no-grad forward computes them first. Either way the gap to
+   vLLM's own log-probs is logged (a sync that silently did nothing shows up there);
 5. reference log-probs when a KL term is on; ``objective.prepare`` computes advantages over the
    whole rollout batch;
 6. ``epochs`` x ``mini_batches`` optimizer steps, each split over ranks x micro-batches with the
@@ -15,21 +18,21 @@ One rollout step:
 
 from __future__ import annotations
 
-import dataclasses
 import random
-import time
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from rlhf import data as rdata
-from rlhf.batch import collate_samples, slice_rows
+from rlhf.batch import collate_samples
 from rlhf.buffer import RolloutBuffer
+from rlhf.checkpoint import decode_random_state, encode_random_state
 from rlhf.config import RunConfig, objective_params
+from rlhf.driver.durable import StageRun
 from rlhf.driver.offline import data_spec
-from rlhf.metrics import MetricLogger
+from rlhf.driver.progress import PhaseTimer, headline
 from rlhf.objectives import get
+from rlhf.objectives.base import GlobalCounts
 
 
 def logprob_gap(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
@@ -40,34 +43,9 @@ def logprob_gap(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tuple[f
     return float(diff.mean()), float(diff.max())
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "response_mask")
-
-
-def _assemble(shape: torch.Size, blocks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    """Row blocks ``(first_row, [rows, t])`` (trimmed to their own width) -> one ``[R, T]`` float tensor."""
-    full = torch.zeros(shape, dtype=torch.float32)
-    for start, out in blocks:
-        full[start : start + out.shape[0], : out.shape[1]] = out.float()
-    return full
-
-
-def learner_token_logps(session: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Current-policy token log-probs ``[R, T]`` of ``batch``, rows split over the learner ranks."""
-    ranks = session.cfg.train.num_learners
-    rows = batch["input_ids"].shape[0]
-    bounds = [(r * rows // ranks, (r + 1) * rows // ranks) for r in range(ranks)]
-    parts = [slice_rows({k: batch[k] for k in MODEL_INPUTS}, slice(a, b)) for a, b in bounds]
-    outs = session.learners.call("compute", per_rank=[(p, "token_logps") for p in parts])
-    return _assemble(batch["input_ids"].shape, [(a, out) for (a, _), out in zip(bounds, outs)])
-
-
-def _reference_token_logps(session: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    out = session.reference_logps([[{k: batch[k] for k in MODEL_INPUTS}]])[0][0]
-    return _assemble(batch["input_ids"].shape, [(0, out)])
-
-
-def make_scorer(cfg: RunConfig, session: Any) -> Any:
-    """``(completions, rows) -> (rewards, stats)`` over the configured reward functions and model."""
+def make_scorer(cfg: RunConfig, session: Any) -> tuple[Any, list[Any]]:
+    """``(scorer, rewards)``: ``scorer(completions, rows) -> (rewards, stats)`` over the configured reward
+    functions and model (each sample under ``reward.timeout_s``), and the loaded reward list itself."""
     from rlhf.rewards.registry import load_rewards, score_samples
 
     spec: list[Any] = list(cfg.reward.functions)
@@ -81,9 +59,9 @@ def make_scorer(cfg: RunConfig, session: Any) -> Any:
     rewards = load_rewards(spec)
 
     def scorer(completions: list[str], rows: list[dict]) -> tuple[list[float | None], dict[str, Any]]:
-        return score_samples(rewards, completions, rows, cfg.reward.on_error)
+        return score_samples(rewards, completions, rows, cfg.reward.on_error, timeout_s=cfg.reward.timeout_s)
 
-    return scorer
+    return scorer, rewards
 
 
 def _sampling(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
@@ -92,49 +70,108 @@ def _sampling(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
             "max_tokens": g.max_tokens, "stop_token_ids": [tokenizer.eos_token_id]}
 
 
-def load_prompts(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], Any]:
-    """Tokenized prompt rows (every dataset column kept for the rewards) and their counts."""
+def load_prompts(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], dict[str, Any], list[dict]]:
+    """Tokenized prompt rows (every dataset column kept for the rewards), their counts, and held-out
+    prompts for ``eval_every`` (``data.eval`` when given, else ``data.eval_size`` rows split off)."""
     rows = rdata.load_dataset_spec(data_spec(cfg), "prompts", seed=cfg.train.seed, n=cfg.data.size)
-    return rdata.tokenize_prompts(rows, tokenizer, max_prompt_length=cfg.model.max_prompt_length,
-                                  policy=cfg.model.truncation, source=cfg.data.train)
+    eval_rows: list[dict] = []
+    if cfg.eval_every:
+        if cfg.data.eval:
+            eval_rows = rdata.load_rows(cfg.data.eval)
+        else:
+            rows, eval_rows = rdata.train_eval_split(rows, cfg.data.eval_size, seed=cfg.train.seed)
+    m = cfg.model
+    prompts, stats = rdata.tokenize_prompts(rows, tokenizer, max_prompt_length=m.max_prompt_length,
+                                            policy=m.truncation, source=cfg.data.train)
+    held_out: list[dict] = []
+    if eval_rows:
+        held_out, _ = rdata.tokenize_prompts(eval_rows, tokenizer, max_prompt_length=m.max_prompt_length,
+                                             policy=m.truncation, source=cfg.data.eval or cfg.data.train)
+    return prompts, stats, held_out
 
 
-def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any], tokenizer: Any,
-                     logger: MetricLogger, stage_name: str) -> dict[str, Any]:
-    """Run ``cfg.train.max_steps`` rollout steps of ``cfg.algo`` on ``data`` (``load_prompts``)."""
+def evaluate_prompts(session: Any, held_out: list[dict], rewards: list[Any], sampling: dict[str, Any],
+                     threshold: float = 1.0) -> dict[str, Any]:
+    """Mean reward and pass@k of the current policy on held-out prompts (``rlhf.passk.score_generations``,
+    the code ``python -m rlhf.eval`` uses), ``eval/``-prefixed."""
+    from rlhf.passk import score_generations
+
+    outputs = session.generate([p["prompt_ids"] for p in held_out], sampling)
+    scores = score_generations(outputs, held_out, rewards, k=sampling["n"], threshold=threshold)
+    return {f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float)) and v is not None}
+
+
+def _apply_truncation(flat: list[tuple], rewards: list[float | None], policy: str,
+                      penalty: float) -> tuple[list[float | None], int]:
+    """Completions cut at ``max_tokens`` (finish reason ``length``): kept, dropped (reward None) or given
+    ``penalty`` as their reward. Returns the rewards and how many were truncated."""
+    truncated = [s.get("finish_reason") == "length" for _, _, s in flat]
+    if policy == "drop":
+        rewards = [None if cut else r for r, cut in zip(rewards, truncated)]
+    elif policy == "penalise":
+        rewards = [penalty if cut and r is not None else r for r, cut in zip(rewards, truncated)]
+    return rewards, sum(truncated)
+
+
+def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any, list[dict]], tokenizer: Any,
+                     stage: StageRun) -> dict[str, Any]:
+    """Run ``cfg.train.max_steps`` rollout steps of ``cfg.algo`` on ``data`` (``load_prompts``).
+
+    The prompt order is drawn from ``random.Random(train.seed)``; a resumed stage restores that
+    generator's state and the rest of the current order from its checkpoint, so it continues with
+    the same prompts. (vLLM's sampling state is not restored: the completions of resumed steps
+    are fresh draws.)
+    """
     objective = get(cfg.algo)
     params = objective_params(cfg)
     t, g = cfg.train, cfg.generator
-    prompts, stats = data
-    print(f"[{stage_name}] prompts: {stats}")
+    prompts, stats, held_out = data
+    print(f"[{stage.name}] prompts: {stats}")
     session.start_generators()
     if objective.needs_reference(params):
         session.start_reference()
-    scorer = make_scorer(cfg, session)
+    scorer, rewards_list = make_scorer(cfg, session)
     sampling = _sampling(cfg, tokenizer)
     buffer = RolloutBuffer("prompts", max_staleness=0)
     rng = random.Random(t.seed)
     order: list[int] = []
-    pad_id = tokenizer.pad_token_id
     history: list[float] = []
-    bar = tqdm(range(t.max_steps), desc=stage_name, disable=not cfg.progress, dynamic_ncols=True)
-    for _ in bar:
+    done = stage.start()
+    if done:
+        position = stage.resume.data_position
+        rng.setstate(decode_random_state(position["rng"]))
+        order, history = list(position["order"]), list(position["history"])
+    pad_id = tokenizer.pad_token_id
+    reads = objective.prepare_reads(params) if objective.prepare_reads else ()
+    on_policy = t.epochs == 1 and t.mini_batches == 1 and "old_logps" not in reads
+    from actors.learner_group import shipped_fields
+
+    fields = shipped_fields(objective, params, on_policy)
+    bar = stage.progress.bar(stage.name, t.max_steps, initial=done)
+
+    def position() -> dict[str, Any]:
+        return {"rng": encode_random_state(rng.getstate()), "order": order, "history": history}
+
+    for step in range(done, t.max_steps):
+        timer = PhaseTimer()
         metrics: dict[str, Any] = {}
         if session.synced_version != session.version:
-            metrics.update(session.sync_weights())
+            with timer.phase("sync"):
+                metrics.update(session.sync_weights())
         if len(order) < g.prompts_per_step:
             fresh = list(range(len(prompts)))
             rng.shuffle(fresh)
             order += fresh
         picked, order = order[: g.prompts_per_step], order[g.prompts_per_step :]
-        started = time.time()
-        outputs = session.generate([prompts[i]["prompt_ids"] for i in picked], sampling)
-        metrics["time/generate"] = time.time() - started
+        with timer.phase("generate"):
+            outputs = session.generate([prompts[i]["prompt_ids"] for i in picked], sampling)
         # group = the prompt's slot in this step (a prompt drawn twice across an epoch boundary
         # makes two groups, not one group of 2n)
         flat = [(slot, p, s) for slot, (p, samples) in enumerate(zip(picked, outputs)) for s in samples]
-        rewards, reward_stats = scorer([s["text"] for _, _, s in flat],
-                                       [{**prompts[p], "completion_ids": s["completion_ids"]} for _, p, s in flat])
+        with timer.phase("reward"):
+            rewards, reward_stats = scorer([s["text"] for _, _, s in flat],
+                                           [{**prompts[p], "completion_ids": s["completion_ids"]} for _, p, s in flat])
+        rewards, truncated = _apply_truncation(flat, rewards, g.truncated, g.truncated_penalty)
         examples = [
             {"prompt_ids": prompts[p]["prompt_ids"], "completion_ids": s["completion_ids"], "reward": r,
              "group": slot, "behaviour_logps": s["logps"]}
@@ -144,52 +181,72 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any],
         keep = len(examples) - len(examples) % unit  # every rank gets the same number of micro-batches
         dropped = len(flat) - keep  # skipped by a reward, empty completions, and the trimmed tail
         if keep == 0:
-            raise RuntimeError(f"[{stage_name}] every sample of this step was skipped ({reward_stats})")
+            raise RuntimeError(f"[{stage.name}] every sample of this step was skipped ({reward_stats})")
         buffer.add(examples[:keep], version=session.version)
         batch_examples = buffer.take(current_version=session.version)
         batch = collate_samples(batch_examples, pad_id)
-        batch["old_logps"] = learner_token_logps(session, batch)
-        gap_mean, gap_max = logprob_gap(batch["behaviour_logps"], batch["old_logps"], batch["response_mask"])
+        if not on_policy:
+            with timer.phase("old_logps"):
+                batch["old_logps"] = session.learners.compute(batch)
+            gap_mean, gap_max = logprob_gap(batch["behaviour_logps"], batch["old_logps"], batch["response_mask"])
+            metrics.update({"logprob_gap/mean": gap_mean, "logprob_gap/max": gap_max})
         if objective.needs_reference(params):
-            batch["ref_token_logps"] = _reference_token_logps(session, batch)
+            with timer.phase("ref_logps"):
+                batch["ref_token_logps"] = session.reference_logps([[batch]])[0][0]
         if objective.prepare is not None:
             batch = objective.prepare(batch, params)
-        step_metrics = _optimise(session, cfg, objective, params, batch)
+        with timer.phase("train"):
+            metrics.update(_optimise(session, cfg, objective, params, batch, fields, on_policy))
         reward_mean = float(batch["rewards"].mean())
         history.append(reward_mean)
         lengths = batch["response_mask"].sum(-1).float()
-        metrics.update(step_metrics)
         metrics.update({
             "reward/mean": reward_mean, "reward/std": float(batch["rewards"].std()) if len(batch_examples) > 1 else 0.0,
+            "reward/hist": [round(float(r), 4) for r in batch["rewards"]],
             "reward/skipped": float(reward_stats.get("skipped", 0)), "samples/dropped": float(dropped),
-            "response/length": float(lengths.mean()),
-            "logprob_gap/mean": gap_mean, "logprob_gap/max": gap_max, "samples": float(len(batch_examples)),
-            "policy_version": float(session.version),
+            "samples/truncated": float(truncated), "response/length": float(lengths.mean()),
+            "samples": float(len(batch_examples)), "policy_version": float(session.version),
         })
-        logger.log(session.version, metrics, stage_name)
-        bar.set_postfix({"reward": f"{reward_mean:.3f}", "gap": f"{gap_mean:.1e}"})
+        if cfg.eval_every and held_out and (step + 1) % cfg.eval_every == 0:
+            with timer.phase("eval"):
+                if session.synced_version != session.version:
+                    metrics.update(session.sync_weights())
+                metrics.update(evaluate_prompts(session, held_out, rewards_list, sampling))
+        phases = timer.finish()
+        metrics.update(phases)
+        text = stage.progress.advance(bar, phases["time/step"], headline(metrics, HEADLINE), phases)
+        stage.step_done(session, metrics, position())
         if not cfg.progress:
-            print(f"[{stage_name}] step {len(history)}: mean reward {reward_mean:.3f}", flush=True)
+            print(f"[{stage.name}] step {step + 1}/{t.max_steps}: {text}", flush=True)
     bar.close()
-    return {"stage": stage_name, "algo": cfg.algo, "steps": t.max_steps, "reward_first": history[0],
+    stage.save(session, position())
+    return {"stage": stage.name, "algo": cfg.algo, "steps": t.max_steps, "reward_first": history[0],
             "reward_last": history[-1], "reward_curve": history}
 
 
-def _optimise(session: Any, cfg: RunConfig, objective: Any, params: Any, batch: dict[str, torch.Tensor]) -> dict:
-    """``epochs`` x ``mini_batches`` optimizer steps over one rollout batch; metrics of the last."""
+HEADLINE = ("reward/mean", "loss")
+
+
+def _optimise(session: Any, cfg: RunConfig, objective: Any, params: Any, batch: dict[str, torch.Tensor],
+              fields: tuple[str, ...], on_policy: bool) -> dict:
+    """``epochs`` x ``mini_batches`` optimizer steps over one rollout batch; metrics of the last.
+
+    A rollout that feeds one optimizer step (``on_policy``) is split in row order, so each group's
+    samples stay together and share their prompt's forward; otherwise every epoch reshuffles.
+    """
+    from actors.learner_group import TrainStep
+
     t = cfg.train
     rows = batch["input_ids"].shape[0]
     gen = torch.Generator().manual_seed(t.seed + session.version)
-    params_dict = dataclasses.asdict(params)
     metrics: dict[str, Any] = {}
     for _ in range(t.epochs):
-        perm = torch.randperm(rows, generator=gen)
+        perm = torch.arange(rows) if on_policy else torch.randperm(rows, generator=gen)
         for mini in perm.chunk(t.mini_batches):
-            counts = {"examples": len(mini), "tokens": int(batch["response_mask"][mini].sum())}
-            micro = mini.chunk(t.num_learners * t.grad_accum)
-            per_rank = [[slice_rows(batch, micro[r * t.grad_accum + a]) for a in range(t.grad_accum)]
-                        for r in range(t.num_learners)]
-            metrics = session.learners.call(
-                "train_step", per_rank=[(mbs, cfg.algo, params_dict, counts) for mbs in per_rank])[0]
-            session.version += 1
+            mask = batch["response_mask"][mini]
+            counts = GlobalCounts(examples=len(mini), tokens=int(mask.sum()), nonempty=int((mask.sum(-1) > 0).sum()))
+            per_rank = session.learners.shard_rows(batch, mini, fields)
+            metrics = session.learners.train_step(TrainStep(objective, params, counts, per_rank, on_policy))
+            if not metrics.get("skipped"):
+                session.version += 1
     return metrics

@@ -63,6 +63,8 @@ def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: in
         "timeout_s": cfg.timeout_s,
         "gradient_checkpointing": m.gradient_checkpointing,
         "reference_colocated": cfg.reference.colocated,
+        "adam_betas": tuple(t.adam_betas),
+        "pack": t.pack,
     }
 
 
@@ -98,7 +100,9 @@ class Session:
         self.transport = None
         self.reward_model = None
         self.version = 0  # policy version: optimizer steps taken so far
+        self.steps = 0  # steps run so far, all stages (a skipped step counts here, not in version)
         self.synced_version = -1  # version the generators hold
+        self._pending_generators: list[Any] = []
         prepare_environment(self.device)
         self._start_ray()
 
@@ -119,17 +123,22 @@ class Session:
                      log_to_driver=False)
 
     # -- actors --------------------------------------------------------------------------------
-    def start_learners(self) -> None:
-        from actors.group import start_learners
+    def start_learners(self, prestart_generators: bool = False, prestart_reference: bool = False) -> None:
+        """Start the learner ranks; the generators' and the reference's construction (model loads,
+        vLLM engine start) is launched first when asked, so all of them start in parallel."""
+        from actors.learner_group import LearnerGroup
 
         if self.learners is not None:
             return
+        if prestart_generators:
+            self._launch_generators()
+        if prestart_reference:
+            self._launch_reference()
         config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head)
-        self.learners = start_learners(self.cfg.train.num_learners, config, timeout_s=self.cfg.timeout_s,
-                                       num_cpus=self.cfg.train.cpus_per_actor)
+        self.learners = LearnerGroup.start(self.cfg.train.num_learners, config, timeout_s=self.cfg.timeout_s,
+                                           num_cpus=self.cfg.train.cpus_per_actor)
 
-    def start_reference(self) -> None:
-        """A frozen copy of the initial model: co-located in the learners or its own actor."""
+    def _launch_reference(self) -> None:
         if self.cfg.reference.colocated or self.reference is not None:
             return
         import ray
@@ -141,31 +150,45 @@ class Session:
             num_cpus=self.cfg.train.cpus_per_actor, num_gpus=1.0 if self.device == "cuda" else 0.0,
             name=None)
         self.reference = remote.remote(config)
+
+    def start_reference(self) -> None:
+        """A frozen copy of the initial model: co-located in the learners or its own actor."""
+        if self.cfg.reference.colocated:
+            return
+        self._launch_reference()
         self._get(self.reference.info.remote(), "ReferenceActor", "start")
 
     def reference_logps(self, per_rank: list[list[dict[str, torch.Tensor]]]) -> list[list[torch.Tensor]]:
         """Reference token log-probs of every micro-batch (same nesting as ``per_rank``)."""
-        if self.cfg.reference.colocated:  # each rank's frozen copy (not partitioned: no collective)
-            return [[self.learners.call_rank(r, "compute_reference", mb) for mb in mbs]
-                    for r, mbs in enumerate(per_rank)]
+        if self.cfg.reference.colocated:  # each rank's frozen copy, rows split over the ranks
+            return [[self.learners.compute(mb, "token_logps", method="compute_reference") for mb in mbs]
+                    for mbs in per_rank]
         refs = [[self.reference.compute.remote(mb, "token_logps") for mb in mbs] for mbs in per_rank]
         return [[self._get(r, "ReferenceActor", "compute") for r in row] for row in refs]
 
-    def start_generators(self) -> None:
-        """K vLLM engines, each in its own actor, and the weight transport to them."""
-        if self.generators:
+    def _launch_generators(self) -> None:
+        if self.generators or self._pending_generators:
             return
         import ray
 
         from actors.generator import GeneratorActor
-        from actors.weight_sync import make_transport
 
         g = self.cfg.generator
         config = generator_config(self.cfg, self.model_path, self.device)
         gpus = float(g.tensor_parallel_size) if self.device == "cuda" else 0.0
         cpus = float(max(1, (os.cpu_count() or 1) // g.num_engines))  # generation and training alternate
         remote = ray.remote(GeneratorActor).options(num_cpus=cpus, num_gpus=gpus)
-        self.generators = [remote.remote(i, config) for i in range(g.num_engines)]
+        self._pending_generators = [remote.remote(i, config) for i in range(g.num_engines)]
+
+    def start_generators(self) -> None:
+        """K vLLM engines, each in its own actor, and the weight transport to them."""
+        if self.generators:
+            return
+        from actors.weight_sync import make_transport
+
+        g = self.cfg.generator
+        self._launch_generators()
+        self.generators, self._pending_generators = self._pending_generators, []
         for i, handle in enumerate(self.generators):
             self._get(handle.ping.remote(), f"GeneratorActor[{i}]", "start")
         self.transport = make_transport(g.sync, bucket_mb=g.bucket_mb, timeout_s=self.cfg.timeout_s,
@@ -220,7 +243,7 @@ class Session:
 
         if self.transport is not None:
             self.transport.close()
-        for handle in [self.reference, self.reward_model, *self.generators]:
+        for handle in [self.reference, self.reward_model, *self.generators, *self._pending_generators]:
             if handle is not None:
                 ray.kill(handle)
         if self.learners is not None:

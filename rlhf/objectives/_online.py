@@ -192,6 +192,11 @@ def online_loss(
     return loss, metrics
 
 
+def prepare_reads(params: OnlineParams) -> tuple[str, ...]:
+    """Log-prob fields ``prepare`` reads: the behaviour and reference log-probs for a KL in the reward."""
+    return ("old_logps", "ref_token_logps") if params.kl_in_reward and params.kl_coef > 0.0 else ()
+
+
 def online_objective(name: str, params: type[OnlineParams], prepare: PrepareFn, paper: str) -> Objective:
     """The registry entry of an online objective: what it shares with the others (data kind, loss,
     fields, reference rule) plus its own ``name``, ``params`` type, ``prepare`` and ``paper``."""
@@ -205,5 +210,6 @@ def online_objective(name: str, params: type[OnlineParams], prepare: PrepareFn, 
         needs_reference=needs_reference,
         loss=online_loss,
         prepare=prepare,
+        prepare_reads=prepare_reads,
         paper=paper,
     )

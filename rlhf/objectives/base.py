@@ -96,6 +96,10 @@ class Objective:
             ``ref_token_logps``.
         prepare: optional ``(global_batch, params) -> global_batch`` run once per rollout batch
             before micro-batching (advantages for the online family).
+        prepare_reads: optional ``params -> fields``: the policy log-prob fields ``prepare``
+            reads (e.g. ``old_logps`` for a KL folded into the reward). When it reads none, a
+            rollout that feeds a single optimizer step takes ``old_logps`` from that step's own
+            forward instead of a separate one.
         at_progress: optional ``(params, progress) -> params``: the params of the step at
             fraction ``progress`` in ``[0, 1]`` of the stage (a hyper-parameter schedule), given
             the stage's params; call it through ``params_at``.
@@ -112,6 +116,7 @@ class Objective:
     loss: LossFn
     implicit_reward: RewardFn | None = None
     prepare: PrepareFn | None = None
+    prepare_reads: Callable[[Any], tuple[str, ...]] | None = None
     at_progress: ProgressFn | None = None
     paper: str = ""
 

@@ -35,16 +35,21 @@ def counts_of(pairs) -> dict[str, int]:
 
 
 def step_args(pairs, world_size: int, grad_accum: int, objective: str = "simpo", params=None) -> list[tuple]:
-    """``per_rank`` arguments of ``train_step`` for a global batch split over ranks x micro-batches."""
-    counts = counts_of(pairs)
+    """``per_rank`` arguments of ``train_step`` for a global batch split over ranks x micro-batches:
+    the objective record itself, its params dataclass, the global counts."""
+    from rlhf.objectives import GlobalCounts, get
+
+    record = get(objective)
+    counts = GlobalCounts(**counts_of(pairs))
     return [
-        ([collate_pairs(micro, PAD) for micro in rank_chunks], objective, params or {}, counts)
+        ([collate_pairs(micro, PAD) for micro in rank_chunks], record, record.make_params(params or {}), counts)
         for rank_chunks in shard(pairs, world_size, grad_accum)
     ]
 
 
 def reference_logps(model, batch) -> torch.Tensor:
-    """Token log-probs written out plainly: log_softmax over the vocabulary, pick the next token."""
+    """Token log-probs written out plainly: log_softmax over the vocabulary, pick the next token.
+    Like the learner's, they are kept at completion tokens only (``response_mask``)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
     out = torch.zeros(batch["input_ids"].shape)
@@ -52,7 +57,7 @@ def reference_logps(model, batch) -> torch.Tensor:
         for t in range(1, out.shape[1]):
             if batch["attention_mask"][r, t]:
                 out[r, t] = logp[r, t - 1, batch["input_ids"][r, t]]
-    return out
+    return out * batch["response_mask"]
 
 
 def torch_step(model_path: str, pairs, max_grad_norm: float) -> tuple[float, float, dict[str, torch.Tensor]]:
@@ -216,10 +221,10 @@ def test_zero3_lora_two_ranks_trains_exports_and_saves(ray_cluster, tiny_model, 
 
 
 @pytest.mark.integration
-def test_score_head_learner_saves_a_scoring_model_and_stops_on_nan(ray_cluster, tiny_model, tmp_path):
+def test_score_head_learner_saves_a_scoring_model_and_skips_a_nan_step(ray_cluster, tiny_model, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from actors.group import ActorCallError, start_learners
+    from actors.group import start_learners
 
     config = {**BASE, "model_path": tiny_model, "zero_stage": 1, "score_head": True, "grad_accum": 2,
               "warmup_steps": 2, "total_steps": 4, "min_lr_ratio": 0.5}
@@ -242,9 +247,15 @@ def test_score_head_learner_saves_a_scoring_model_and_stops_on_nan(ray_cluster, 
             got = scorer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
         assert (got - want).abs().max() < 1e-5
 
-        with pytest.raises(ActorCallError, match=r"LearnerActor\[rank 0\]\.train_step failed: FloatingPointError: "
-                                                  r"non-finite rm loss on learner rank\(s\) \[0\]"):
-            group.call("train_step", per_rank=step_args(PAIRS, 1, 2, "rm", {"margin": float("nan")}))
+        # A NaN loss skips the step: weights, optimizer and LR schedule untouched; the next step trains.
+        before = group.call("full_state_dict")[0]
+        bad = group.call("train_step", per_rank=step_args(PAIRS, 1, 2, "rm", {"margin": float("nan")}))[0]
+        assert bad["skipped"] == 1.0 and bad["skip_reason"] == "non-finite loss"
+        assert max_diff(group.call("full_state_dict")[0], before) == 0.0
+        good = group.call("train_step", per_rank=step_args(PAIRS, 1, 2, "rm"))[0]
+        # the skipped step did not advance the schedule: this is step 3 of warm-up 2 + cosine to 4
+        assert good["skipped"] == 0.0 and good["lr"] == pytest.approx(LR * (0.5 + 0.5 * 0.5))
+        assert max_diff(group.call("full_state_dict")[0], before) > 0.0
     finally:
         group.shutdown()
 
