@@ -6,12 +6,16 @@ overrides. Nothing is overwritten silently later: every value a run used is writ
 ``<output_dir>/config.yaml``.
 
 Unknown keys and bad values fail with one line naming the key (and the file), listing the
-valid names.
+valid names and suggesting the closest one. Validating runs no code named by the config: a reward
+given as ``module:function`` is only looked up on ``sys.path`` here; ``rlhf.run`` imports it
+when the run starts, before any actor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +40,7 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
+    trust_remote_code: bool = False  # run Python code shipped with a model folder or hub repo (opt-in)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class TrainConfig:
     mini_batches: int = 1  # online: optimizer steps per pass over a rollout batch
     seed: int = 0
     adam_betas: tuple[float, ...] = (0.9, 0.95)  # AdamW (beta1, beta2)
+    pack: bool = True  # rows that share a prompt (a pair, an online group) run it once (rlhf.packing)
     max_bad_steps: int = 3  # a NaN/Inf loss or gradient skips the step; this many in a row stop the run
     max_staleness: int = 0  # online: policy versions a rollout may lag (0: synchronous)
     is_cap: float = 2.0  # online, staleness > 0: truncated importance-sampling cap on pi_old / pi_behaviour
@@ -172,6 +178,12 @@ class ConfigError(ValueError):
     """A bad configuration key or value (message is one line)."""
 
 
+def did_you_mean(word: Any, choices: typing.Iterable[Any]) -> str:
+    """``" (did you mean 'x'?)"`` naming the closest of ``choices``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _hint(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -214,15 +226,19 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if hint is float and isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{where}: expected a number, got nan")
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if hint in (str, float) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is float and not isinstance(value, float):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
 
 
@@ -230,9 +246,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys fail with the valid names."""
     hints = _hint(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(valid))
+    unknown = sorted(set(data) - set(valid), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        named = ", ".join(f"{k}{did_you_mean(k, valid)}" for k in unknown)
+        raise ConfigError(f"{where}: unknown key(s) {named}; valid: {', '.join(valid)}")
     values = {k: _check_value(v, hints[k], f"{where}.{k}" if where != "config" else k) for k, v in data.items()}
     return cls(**values)
 
@@ -262,15 +279,31 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or bad YAML fails naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not valid UTF-8 (byte 0x{err.object[err.start]:02x})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(err)}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: config keys must be strings, got {bad[0]!r}")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """`` at line L, column C: problem`` from a YAML error (1-based), on one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {' '.join(str(problem).split())}"
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -280,7 +313,10 @@ def parse_override(text: str) -> dict[str, Any]:
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML{_yaml_problem(err)}") from None
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in ".eE") else value  # "1e-5": YAML 1.1 keeps a string
@@ -328,38 +364,181 @@ def build_config(
     return cfg
 
 
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks, with the reason in the message."""
-    from rlhf.objectives import get
+# (key, check, what a valid value is): plain range checks of single keys; None values are not checked
+_finite = math.isfinite
+RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("model.max_prompt_length", lambda v: v >= 1, ">= 1"),
+    ("model.lora_r", lambda v: v >= 0, ">= 0 (0: full fine-tune)"),
+    ("model.lora_alpha", lambda v: v > 0, "> 0"),
+    ("model.lora_dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("train.lr", lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
+    ("train.weight_decay", lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
+    ("train.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("train.min_lr_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("train.max_grad_norm", lambda v: _finite(v) and v >= 0.0, "a finite number >= 0 (0: no clipping)"),
+    ("train.adam_betas", lambda v: len(v) == 2 and all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in v),
+     "two numbers in [0, 1), e.g. [0.9, 0.95]"),
+    ("train.max_bad_steps", lambda v: v >= 1, ">= 1"),
+    ("train.max_staleness", lambda v: v >= 0, ">= 0"),
+    ("train.is_cap", lambda v: v >= 1.0, ">= 1"),
+    ("train.num_cpus_per_actor", lambda v: v > 0, "> 0"),
+    ("data.eval_size", lambda v: v >= 0, ">= 0"),
+    ("data.size", lambda v: v >= 1, ">= 1"),
+    ("generator.num_engines", lambda v: v >= 1, ">= 1"),
+    ("generator.prompts_per_step", lambda v: v >= 1, ">= 1"),
+    ("generator.n", lambda v: v >= 1, ">= 1"),
+    ("generator.temperature", lambda v: _finite(v) and v >= 0.0, "a finite number >= 0 (0: greedy)"),
+    ("generator.top_p", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("generator.top_k", lambda v: v >= -1, "-1 or 0 (off), or >= 1"),
+    ("generator.max_tokens", lambda v: v >= 1, ">= 1"),
+    ("generator.max_model_len", lambda v: v >= 2, ">= 2"),
+    ("generator.kv_cache_mb", lambda v: v >= 1, ">= 1"),
+    ("generator.tensor_parallel_size", lambda v: v >= 1, ">= 1"),
+    ("generator.gpu_memory_utilization", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("generator.bucket_mb", lambda v: v >= 1, ">= 1"),
+    ("generator.max_restarts", lambda v: v >= 0, ">= 0"),
+    ("generator.truncated_penalty", _finite, "a finite number"),
+    ("reward.model_weight", _finite, "a finite number"),
+    ("reward.timeout_s", lambda v: _finite(v) and v > 0.0, "a finite number of seconds > 0"),
+    ("checkpoint.every", lambda v: v >= 0, ">= 0 (0: at stage boundaries and the end only)"),
+    ("checkpoint.keep", lambda v: v >= 1, ">= 1"),
+    ("timeout_s", lambda v: _finite(v) and v > 0.0, "a finite number of seconds > 0"),
+    ("eval_every", lambda v: v >= 0, ">= 0 (0: before and after only)"),
+)
 
+
+def _value(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks, with the reason in the message. Imports nothing the config names."""
+    from rlhf.objectives import get, names
+
+    if cfg.algo not in names():
+        raise ConfigError(f"algo: unknown algorithm {cfg.algo!r}{did_you_mean(cfg.algo, names())}; "
+                          f"valid: {', '.join(sorted(names()))}")
     objective = get(cfg.algo)
-    objective.make_params(cfg.objective)
+    valid_params = [f.name for f in dataclasses.fields(objective.params)]
+    unknown = sorted(set(cfg.objective) - set(valid_params), key=str)
+    if unknown:
+        named = ", ".join(f"{k}{did_you_mean(k, valid_params)}" for k in unknown)
+        raise ConfigError(
+            f"objective: unknown {cfg.algo} parameter(s) {named}; valid: {', '.join(sorted(valid_params))}"
+        )
+    try:
+        params = objective.make_params(cfg.objective)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"objective ({cfg.algo}): {_one_line(err)}") from None
     t = cfg.train
     for name in ("num_learners", "micro_batch_size", "grad_accum", "max_steps", "epochs", "mini_batches"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    for key, ok, valid in RANGES:
+        value = _value(cfg, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{key} must be {valid}, got {value!r}")
     if cfg.model.dtype == "bfloat16" and t.zero_stage == 0:
         raise ConfigError("model.dtype=bfloat16 needs train.zero_stage >= 1 (stage 0 keeps no fp32 master weights)")
     if cfg.model.max_prompt_length >= cfg.model.max_length:
-        raise ConfigError("model.max_prompt_length must be smaller than model.max_length")
+        raise ConfigError(
+            f"model.max_prompt_length ({cfg.model.max_prompt_length}) must be smaller than model.max_length "
+            f"({cfg.model.max_length}) to leave room for a completion"
+        )
+    _check_paths(cfg)
     if objective.mode == "online":
-        from rlhf.rewards.registry import load_rewards
-
-        if cfg.reward.functions:
-            load_rewards(list(cfg.reward.functions))
-        elif not cfg.reward.model:
-            raise ConfigError("online objectives need reward.functions or reward.model")
-        g = cfg.generator
-        samples = g.prompts_per_step * g.n
-        per_update = samples // t.mini_batches
-        if samples % t.mini_batches or per_update % (t.num_learners * t.grad_accum):
-            raise ConfigError(
-                f"generator.prompts_per_step * generator.n = {samples} samples must split into train.mini_batches="
-                f"{t.mini_batches} x train.num_learners={t.num_learners} x train.grad_accum={t.grad_accum}"
-            )
+        _validate_online(cfg, objective, params)
     for i, stage in enumerate(cfg.stages):
         if not isinstance(stage, dict) or "algo" not in stage:
             raise ConfigError(f"stages[{i}]: each stage is a mapping with at least 'algo' (and 'steps')")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err.args[0] if isinstance(err, KeyError) and err.args else err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_paths(cfg: RunConfig) -> None:
+    """Model and data paths that cannot exist fail here, before anything is loaded or started."""
+    from rlhf.data.loaders import check_data_spec
+    from rlhf.models import check_model_name
+
+    try:
+        check_model_name(cfg.model.path, cfg.model.trust_remote_code)
+    except ConfigError as err:
+        raise ConfigError(f"model.path: {err}") from None
+    if cfg.reward.model:
+        try:
+            check_model_name(cfg.reward.model, cfg.model.trust_remote_code)
+        except ConfigError as err:
+            raise ConfigError(f"reward.model: {err}") from None
+    for key in ("train", "eval"):
+        spec = getattr(cfg.data, key)
+        if spec is not None:
+            try:
+                check_data_spec(spec)
+            except ValueError as err:
+                raise ConfigError(f"data.{key}: {err}") from None
+
+
+def _validate_online(cfg: RunConfig, objective: Any, params: Any) -> None:
+    from rlhf.rewards.registry import check_spec
+
+    t, g = cfg.train, cfg.generator
+    if cfg.reward.functions:
+        try:
+            check_spec(list(cfg.reward.functions))  # looks modules up on sys.path; imports nothing
+        except ValueError as err:
+            raise ConfigError(f"reward.functions: {err}") from None
+    elif not cfg.reward.model:
+        raise ConfigError("online objectives need reward.functions or reward.model")
+    if g.n < 2 and _needs_group(objective, params):
+        raise ConfigError(
+            f"generator.n={g.n}: {cfg.algo} compares each sample's reward with the other samples of the same "
+            "prompt (a group baseline), which is undefined for a group of one (every advantage would be 0); "
+            "set generator.n >= 2"
+        )
+    if cfg.model.max_prompt_length + g.max_tokens > g.max_model_len:
+        raise ConfigError(
+            f"model.max_prompt_length ({cfg.model.max_prompt_length}) + generator.max_tokens ({g.max_tokens}) must "
+            f"fit generator.max_model_len ({g.max_model_len})"
+        )
+    samples = g.prompts_per_step * g.n
+    per_update = samples // t.mini_batches
+    if samples % t.mini_batches or per_update % (t.num_learners * t.grad_accum):
+        raise ConfigError(
+            f"generator.prompts_per_step * generator.n = {samples} samples must split into train.mini_batches="
+            f"{t.mini_batches} x train.num_learners={t.num_learners} x train.grad_accum={t.grad_accum}"
+        )
+
+
+def _needs_group(objective: Any, params: Any) -> bool:
+    """Whether ``objective``'s advantages need a group of several samples per prompt.
+
+    Read from the objective's record (``min_group``) when it declares one; otherwise probed: its
+    ``prepare`` gets two samples with different rewards, each alone in its group, and a group
+    baseline shows as all-zero advantages (GRPO, RLOO and REINFORCE++-baseline; plain REINFORCE++
+    still sees the difference).
+    """
+    declared = getattr(objective, "min_group", None)
+    if declared is not None:
+        return int(declared) > 1
+    if objective.prepare is None:
+        return False
+    import torch
+
+    ones = torch.ones(2, 3)
+    batch = {"rewards": torch.tensor([0.0, 1.0]), "group": torch.tensor([0, 1]), "response_mask": ones,
+             "input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": ones,
+             "old_logps": -ones, "ref_token_logps": -ones, "behaviour_logps": -ones}
+    try:
+        out = objective.prepare(batch, params)
+    except Exception:  # noqa: BLE001 - a prepare that needs more than this probe gives: assume no group
+        return False
+    advantages = out.get("advantages") if isinstance(out, dict) else None
+    return advantages is not None and bool(torch.all(advantages == 0))
 
 
 def objective_params(cfg: RunConfig) -> Any:

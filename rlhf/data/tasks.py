@@ -22,6 +22,9 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
+from rlhf.config import did_you_mean
+from rlhf.data.schema import DataError
+
 EASY_TASKS: dict[str, dict[str, Any]] = {
     "chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
     "basic_arithmetic": {
@@ -47,11 +50,13 @@ def _dataset(task: str, n: int, seed: int, task_kwargs: dict[str, Any]):
         return reasoning_gym.create_dataset(task, seed=_item_seed(task, seed), size=max(n, 1), **kwargs)
     except ValueError as exc:
         if "not registered" in str(exc):
-            valid = ", ".join(sorted(reasoning_gym.factory.DATASETS))
-            raise ValueError(f"unknown reasoning-gym task {task!r}; valid tasks: {valid}") from None
-        raise
+            valid = sorted(reasoning_gym.factory.DATASETS)
+            raise DataError(
+                f"unknown reasoning-gym task {task!r}{did_you_mean(task, valid)}; valid tasks: {', '.join(valid)}"
+            ) from None
+        raise DataError(f"reasoning-gym task {task!r}: bad settings {kwargs}: {exc}") from None
     except (TypeError, AssertionError) as exc:
-        raise ValueError(f"reasoning-gym task {task!r}: bad settings {kwargs}: {exc}") from None
+        raise DataError(f"reasoning-gym task {task!r}: bad settings {kwargs}: {exc}") from None
 
 
 def _item_seed(task: str, seed: int) -> int:

@@ -13,7 +13,9 @@ Over-long rows (prompt longer than ``max_prompt_length`` tokens, or prompt + a c
 than ``max_length``): policy ``"drop"`` skips the row; ``"truncate"`` keeps the last
 ``max_prompt_length`` prompt tokens (left truncation) and cuts each completion to
 ``max_length - len(prompt)`` tokens. A pair whose two completions become identical after
-truncation carries no signal and is dropped.
+truncation carries no signal and is dropped. Rows that are left out are counted
+(``TokenizeStats``); when no prompt at all fits ``max_prompt_length``, or no row is left, the
+limits are wrong for the data and a ``DataError`` says so.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from rlhf.data.schema import COMPLETION_FIELDS, Kind, label_value, validate_row
+from rlhf.data.schema import COMPLETION_FIELDS, DataError, Kind, label_value, validate_row
 from rlhf.data.templates import render_completion, render_prompt
 
 Policy = Literal["truncate", "drop"]
@@ -96,11 +98,13 @@ def _tokenize(
     _check_limits(max_length, max_prompt_length, policy)
     stats = TokenizeStats(source=source or "<rows>", total=len(rows))
     examples = []
+    shortest_prompt: int | None = None
     for i, row in enumerate(rows):
         validate_row(row, kind, source, i)
         prompt = row["prompt"]
         prompt_text = render_prompt(prompt, tokenizer, source, i)
         prompt_ids = _encode(tokenizer, prompt_text, add_special_tokens=isinstance(prompt, str))
+        shortest_prompt = len(prompt_ids) if shortest_prompt is None else min(shortest_prompt, len(prompt_ids))
         completions = {
             name: _encode(tokenizer, render_completion(prompt, row[name], tokenizer, source, i, name))
             for name in COMPLETION_FIELDS[kind]
@@ -122,6 +126,18 @@ def _tokenize(
             stats.truncated += 1
         stats.kept += 1
         examples.append(_example(kind, row, prompt_text, prompt_ids, completions, source, i))
+    if shortest_prompt is not None and shortest_prompt > max_prompt_length:
+        raise DataError(
+            f"{stats.source}: none of the {stats.total} prompts fits max_prompt_length={max_prompt_length} tokens "
+            f"(the shortest has {shortest_prompt}); raise model.max_prompt_length (and model.max_length)"
+        )
+    if stats.total and not stats.kept:
+        limits = f"max_prompt_length={max_prompt_length}" + (f", max_length={max_length}" if max_length else "")
+        advice = " or use model.truncation=truncate" if policy == "drop" else ""
+        raise DataError(
+            f"{stats.source}: all {stats.total} rows were dropped as over-long ({limits} tokens, policy {policy!r}); "
+            f"raise model.max_length / model.max_prompt_length{advice}"
+        )
     return examples, stats
 
 
@@ -144,11 +160,11 @@ def _encode(tokenizer: Any, text: str, add_special_tokens: bool = False) -> list
 
 def _check_limits(max_length: int | None, max_prompt_length: int, policy: str) -> None:
     if policy not in ("truncate", "drop"):
-        raise ValueError(f"over-length policy must be 'truncate' or 'drop', got {policy!r}")
+        raise DataError(f"over-length policy must be 'truncate' or 'drop', got {policy!r}")
     if max_prompt_length < 1:
-        raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+        raise DataError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
     if max_length is not None and max_length <= max_prompt_length:
-        raise ValueError(
+        raise DataError(
             f"max_length ({max_length}) must exceed max_prompt_length ({max_prompt_length}) "
             "to leave room for a completion"
         )

@@ -12,6 +12,12 @@ reward-model client (``actors.reward_model.reward_model_reward``) is one.
 | reasoning_gym | ``answer``, ``metadata`` (or ``entry``)    | the task's own ``score_answer``         |
 
 Combine them with weights: ``["numeric_match", {"name": "format_reward", "weight": 0.1}]``.
+
+``score_samples`` runs per-sample rewards in worker processes (``pool.py``: created once per
+run, reused, one message per worker per call) with a per-sample time limit
+(``reward.timeout_s``); a sample that raises, times out, kills its worker, or returns NaN or a
+non-number stops the run naming the function and the sample index, or is skipped and counted
+with ``reward.on_error=skip``. A hung worker is killed and replaced.
 Your own reward needs no registration: give its path, ``reward.functions=package.module:function``
 (``examples/custom_reward.py`` shows one). To add a built-in: write the function in
 ``builtin.py`` and add a ``register(name, fn)`` line at the end of ``registry.py``.

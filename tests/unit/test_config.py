@@ -107,3 +107,88 @@ def test_stages_may_not_change_what_shapes_the_live_learners():
     a, b = build_schedule(bad)
     with pytest.raises(ConfigError, match="train.zero_stage"):
         check_same_learners(a.cfg, b.cfg, b.name)
+
+
+# ---- bad input: one line naming the key, its valid values, and the closest valid name ---------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.lrr=1"], r"train: unknown key\(s\) lrr \(did you mean 'lr'\?\); valid: num_learners"),
+        (["trian.lr=1"], r"unknown key\(s\) trian \(did you mean 'train'\?\)"),
+        (["objective.betta=1"], r"unknown simpo parameter\(s\) betta \(did you mean 'beta'\?\); valid: beta"),
+        (["algo=simpoo"], r"unknown algorithm 'simpoo' \(did you mean 'simpo'\?\); valid: dpo"),
+        (["train.lr=.nan"], "train.lr: expected a number, got nan"),
+        (["train.lr=-1"], "train.lr must be a finite number >= 0, got -1.0"),
+        (["train.lr=[1,"], r"override 'train.lr=\[1,': the value is not valid YAML at line 1"),
+        (["generator.top_p=0"], r"generator.top_p must be in \(0, 1\], got 0.0"),
+        (["train.adam_betas=[0.9, 1.5]"], r"train.adam_betas must be two numbers in \[0, 1\)"),
+        (["reward.timeout_s=0"], "reward.timeout_s must be a finite number of seconds > 0"),
+        (["model.max_prompt_length=256"], r"model.max_prompt_length \(256\) must be smaller than model.max_length"),
+    ],
+)
+def test_bad_values_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_config(algo="simpo", overrides=overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("algo: simpo\ntrain: {lr: 1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML at line 3, column 1: expected ',' or '}'"):
+        build_config(config_file=str(f))
+    f.write_bytes(b"algo: simpo\nmodel: {path: caf\xe9}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 2 is not valid UTF-8 \(byte 0xe9\)"):
+        build_config(config_file=str(f))
+    f.write_text("- simpo\n")
+    with pytest.raises(ConfigError, match="expected a mapping of config keys at the top level, got list"):
+        build_config(config_file=str(f))
+    with pytest.raises(ConfigError, match="is a folder; give a YAML file"):
+        build_config(config_file=str(tmp_path))
+    with pytest.raises(ConfigError, match="absent.yaml does not exist"):
+        build_config(config_file=str(tmp_path / "absent.yaml"))
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce_pp_baseline"])
+def test_a_group_baseline_needs_two_samples_per_prompt(algo):
+    with pytest.raises(ConfigError, match=f"generator.n=1: {algo} compares .* group of one .* generator.n >= 2"):
+        build_config(algo=algo, overrides=["generator.n=1", "generator.prompts_per_step=8"])
+
+
+def test_plain_reinforce_pp_accepts_one_sample_per_prompt():
+    cfg = build_config(algo="reinforce_pp", overrides=["generator.n=1", "generator.prompts_per_step=8"])
+    assert cfg.generator.n == 1
+
+
+def test_online_lengths_must_fit_the_engine():
+    with pytest.raises(ConfigError, match=r"max_prompt_length \(192\) \+ generator.max_tokens \(400\) must fit "
+                                          r"generator.max_model_len \(512\)"):
+        build_config(algo="grpo", overrides=["generator.max_tokens=400"])
+
+
+def test_model_and_data_paths_are_checked_before_anything_loads(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model.path: model '.*absent': no such folder$"):
+        build_config(algo="simpo", flags={"model": {"path": str(tmp_path / "absent")}})
+    with pytest.raises(ConfigError, match="model.path: .* is a folder without config.json"):
+        build_config(algo="simpo", flags={"model": {"path": str(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"data.train: data file .*absent.jsonl' does not exist"):
+        build_config(algo="simpo", flags={"data": {"train": str(tmp_path / "absent.jsonl")}})
+    with pytest.raises(ConfigError, match=r"data.train: data .* is a folder; give a .jsonl, .json, .parquet file"):
+        build_config(algo="simpo", flags={"data": {"train": str(tmp_path)}})
+    (tmp_path / "d.csv").write_text("a\n")
+    with pytest.raises(ConfigError, match=r"data.eval: .*d.csv': unsupported file type '.csv'"):
+        build_config(algo="simpo", overrides=[f"data.eval={tmp_path / 'd.csv'}"])
+
+
+def test_code_shipped_with_a_model_needs_trust_remote_code(tmp_path):
+    import json
+
+    assert build_config(algo="simpo").model.trust_remote_code is False
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModelForCausalLM": "modeling.M"}}))
+    with pytest.raises(ConfigError, match="ships its own Python code .* model.trust_remote_code=true"):
+        build_config(algo="simpo", flags={"model": {"path": str(tmp_path)}})
+    cfg = build_config(algo="simpo", flags={"model": {"path": str(tmp_path)}},
+                       overrides=["model.trust_remote_code=true"])
+    assert cfg.model.trust_remote_code is True

@@ -127,10 +127,13 @@ def test_truncate_and_drop_policies_count_rows(tok):
 
 
 def test_pair_identical_after_truncation_is_dropped(tok):
-    rows = [{"prompt": "1 + 2 =", "chosen": " three four five six", "rejected": " three four five seven"}]
+    same = {"prompt": "1 + 2 =", "chosen": " three four five six", "rejected": " three four five seven"}
+    rows = [same, {"prompt": "1 + 2 =", "chosen": " 3", "rejected": " 4"}]
     n_prompt = len(ids(tok, "1 + 2 ="))
     kept, stats = tokenize_pairs(rows, tok, n_prompt + 1, n_prompt, policy="truncate")
-    assert kept == [] and (stats.kept, stats.dropped) == (0, 1)
+    assert len(kept) == 1 and (stats.kept, stats.dropped) == (1, 1)
+    with pytest.raises(DataError, match=r"^<rows>: all 1 rows were dropped as over-long .*policy 'truncate'"):
+        tokenize_pairs(rows[:1], tok, n_prompt + 1, n_prompt, policy="truncate")
 
 
 def test_bad_limits_are_rejected(tok):
@@ -301,3 +304,76 @@ def test_train_eval_split():
     assert len(train_eval_split(rows, 0.25, seed=0)[1]) == 2  # round(2.5) = 2
     with pytest.raises(ValueError, match="leaves no training rows"):
         train_eval_split(rows, 10, seed=0)
+
+
+# ---------------------------------------------------------------- bad files: one line naming the file
+
+
+def test_values_are_read_exactly_as_written(tmp_path):
+    rows = [{"prompt": "1 + 2 =", "chosen": " 3", "rejected": " 4"}, {"prompt": "x", "chosen": 3, "rejected": "y"}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    assert load_rows(path) == rows  # no column type inferred: " 3" stays a string beside the int 3
+    with pytest.raises(DataError, match=r"mixed.jsonl: row 1 \(0-based\), field 'chosen' must be a string .* got int"):
+        load_dataset_spec(str(path), "pairs")
+
+
+def test_utf8_with_bom_loads(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}).encode() + b"\n")
+    assert load_rows(path) == [{"prompt": "p", "chosen": "c", "rejected": "r"}]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("latin.jsonl", b'{"prompt": "p"}\n{"prompt": "caf\xe9"}\n',
+         r"latin.jsonl: line 2 \(1-based\) is not valid UTF-8 \(byte 0xe9 at column 16\); save the file as UTF-8"),
+        ("latin.json", b'[{"prompt": "p"},\n {"prompt": "caf\xe9"}]',
+         r"latin.json: line 2 \(1-based\) is not valid UTF-8 \(byte 0xe9 at column 17\)"),
+        ("empty.jsonl", b"", r"empty.jsonl: the file is empty \(no rows\)"),
+        ("blank.jsonl", b"\n\n", "blank.jsonl: the file holds no rows"),
+        ("none.json", b"[]", "none.json: the file holds no rows"),
+        ("cut.json", b'[{"prompt": "p"', r"cut.json: not valid JSON at line 1, column 16 \(1-based\)"),
+        ("scalar.json", b"3", "scalar.json: expected a list of rows, got int"),
+        ("bad.parquet", b"PAR1 not parquet", "bad.parquet: cannot read as parquet"),
+        ("d.csv", b"prompt\n", r"d.csv': unsupported file type '.csv' \(use .jsonl, .json, .parquet\)"),
+    ],
+)
+def test_bad_files_fail_in_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        load_rows(path)
+    assert "\n" not in str(info.value)
+
+
+def test_folders_and_missing_paths(tmp_path):
+    from rlhf.data.loaders import check_data_spec
+
+    with pytest.raises(DataError, match="is a folder; give a .jsonl, .json, .parquet file"):
+        load_rows(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):  # also a FileNotFoundError (see above)
+        load_rows(tmp_path / "absent")
+    with pytest.raises(DataError, match="name a task after 'rg:'"):
+        check_data_spec("rg:")
+    for spec in ("default", "rg:chain_sum", "org/dataset"):
+        check_data_spec(spec)  # reads nothing; a hub name is for datasets to judge
+    with pytest.raises(DataError, match=r"unknown reasoning-gym task 'chain_summ' \(did you mean 'chain_sum'\?\)"):
+        task_prompts("chain_summ", n=1)
+
+
+def test_limits_that_no_prompt_fits_are_refused(tok):
+    rows = [{"prompt": "one two three four five", "chosen": " a", "rejected": " b"}] * 2
+    with pytest.raises(DataError, match=r"^src: none of the 2 prompts fits max_prompt_length=2 tokens \(the shortest "
+                                        r"has \d+\); raise model.max_prompt_length"):
+        tokenize_pairs(rows, tok, max_length=8, max_prompt_length=2, policy="truncate", source="src")
+
+
+def test_every_row_dropped_is_an_error_and_some_dropped_are_counted(tok):
+    long = {"prompt": "1 + 2 =", "chosen": " three" * 40, "rejected": " 4"}
+    short = {"prompt": "1 + 2 =", "chosen": " 3", "rejected": " 4"}
+    kept, stats = tokenize_pairs([long, short, long], tok, 16, 8, policy="drop", source="src")
+    assert len(kept) == 1 and (stats.total, stats.kept, stats.dropped) == (3, 1, 2)
+    with pytest.raises(DataError, match=r"^src: all 2 rows were dropped as over-long \(max_prompt_length=8, "
+                                        r"max_length=16 tokens, policy 'drop'\); .* model.truncation=truncate$"):
+        tokenize_pairs([long, long], tok, 16, 8, policy="drop", source="src")

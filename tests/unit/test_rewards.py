@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 import types
 
 import pytest
@@ -18,6 +20,8 @@ from rlhf.rewards import (
     score_samples,
 )
 from rlhf.rewards.builtin import extract_answer, last_number, parse_number
+from rlhf.rewards.pool import RewardPool
+from rlhf.rewards.registry import check_spec, checked
 
 # ---- numbers ------------------------------------------------------------------------------------
 
@@ -300,3 +304,132 @@ def test_rows_from_task_prompts():
     totals, stats = score_samples(rewards, right + wrong, rows + rows)
     assert totals == [1.5, 1.5, 0.0, 0.0]
     assert stats["skipped"] == 0
+
+
+def test_returned_values_are_checked():
+    import numpy as np
+
+    assert checked(1, "r", 0) == 1.0 and checked(True, "r", 0) == 1.0 and checked(np.float32(0.5), "r", 0) == 0.5
+    assert checked(None, "r", 0) is None
+    assert checked("0.5", "r", 3).message == "reward 'r' returned a str for sample 3; expected a float or None"
+    assert checked([1.0], "r", 0).message.startswith("reward 'r' returned a list")
+    assert checked(math.inf, "r", 1).message == "reward 'r' returned inf for sample 1"
+
+
+# ---- specs are checked without importing anything ------------------------------------------------
+
+
+def test_check_spec_imports_nothing(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "side_effect_reward.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef fn(completion, **_):\n    return 1.0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_spec(["numeric_match", {"name": "side_effect_reward:fn", "weight": 0.5}])
+    from rlhf.config import build_config
+
+    build_config(algo="grpo", overrides=["reward=side_effect_reward:fn"])
+    assert not marker.exists() and "side_effect_reward" not in sys.modules
+    with pytest.raises(ValueError, match="cannot import module 'absent_mod'.*not found on sys.path"):
+        check_spec("absent_mod:fn")
+    with pytest.raises(ValueError, match="unknown reward 'numeric_mach' \\(did you mean 'numeric_match'\\?\\)"):
+        check_spec(["numeric_mach"])
+    with pytest.raises(ValueError, match="listed twice"):
+        check_spec(["numeric_match", {"name": "numeric_match"}])
+    load_rewards("side_effect_reward:fn")  # loading is what runs the module (rlhf.run does it before any actor)
+    assert marker.exists()
+    sys.modules.pop("side_effect_reward", None)
+
+
+def test_a_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "broken_reward.py").write_text("raise RuntimeError('cannot start\\nsecond line')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError) as info:
+        resolve("broken_reward:fn")
+    assert str(info.value) == (
+        "reward 'broken_reward:fn': importing module 'broken_reward' failed: RuntimeError: cannot start"
+    )
+
+
+# ---- worker processes and the per-sample time limit ----------------------------------------------
+# These functions live at module level so that they travel to the workers by reference.
+
+
+def _pid(completion, **_):
+    return float(os.getpid())
+
+
+def _slow(completion, **_):
+    if completion == "hang":
+        time.sleep(60)
+    return 1.0
+
+
+def _dies(completion, **_):
+    if completion == "die":
+        os._exit(3)
+    return 0.5
+
+
+def _text(completion, **_):
+    return "0.5"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = RewardPool(workers=2)
+    yield pool
+    pool.close()
+
+
+def test_pool_scores_in_order_in_its_workers_and_is_reused(pool):
+    completions = [str(i) for i in range(9)]
+    totals, _ = score_samples(load_rewards("numeric_match"), completions, [{"answer": "4"}] * 9, pool=pool)
+    assert totals == [1.0 if i == 4 else 0.0 for i in range(9)]
+    pids = pool.pids
+    totals, _ = score_samples(load_rewards([_pid]), ["a"] * 5, [{}] * 5, pool=pool)
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert {int(t) for t in totals} == set(pids)  # both workers scored, none was restarted
+    assert pool.pids == pids and pool.replaced == 0
+
+
+def test_a_function_that_cannot_travel_runs_in_process(pool):
+    totals, _ = score_samples(load_rewards([lambda completion, **_: float(os.getpid())]), ["a"], [{}], pool=pool)
+    assert totals == [float(os.getpid())]
+
+
+def test_timeout_raises_naming_function_and_sample(pool):
+    with pytest.raises(ValueError, match=r"^reward '_slow' took longer than reward.timeout_s=1 s on sample 2$"):
+        score_samples(load_rewards([_slow]), ["a", "b", "hang", "c"], [{}] * 4, timeout_s=1, pool=pool)
+
+
+def test_timeout_skip_counts_the_sample_and_replaces_the_worker(pool):
+    before, replaced = set(pool.pids), pool.replaced
+    started = time.monotonic()
+    totals, stats = score_samples(load_rewards([_slow]), ["a", "hang", "b", "c"], [{}] * 4, on_error="skip",
+                                  timeout_s=1, pool=pool)
+    assert time.monotonic() - started < 20
+    assert totals == [1.0, None, 1.0, 1.0]  # "b", after the hung sample on the same worker, went to its replacement
+    assert stats["skipped"] == 1 and stats["errors_by_fn"] == {"_slow": 1}
+    assert pool.replaced == replaced + 1 and len(set(pool.pids) - before) == 1
+    assert score_samples(load_rewards([_slow]), ["a", "b"], [{}] * 2, timeout_s=1, pool=pool)[0] == [1.0, 1.0]
+
+
+def test_a_worker_that_dies_fails_its_sample(pool):
+    with pytest.raises(ValueError, match=r"^reward '_dies': its worker process died on sample 1 \(exit code 3\)$"):
+        score_samples(load_rewards([_dies]), ["a", "die", "b"], [{}] * 3, pool=pool)
+    totals, stats = score_samples(load_rewards([_dies]), ["a", "die", "b"], [{}] * 3, on_error="skip", pool=pool)
+    assert totals == [0.5, None, 0.5] and stats["errors_by_fn"] == {"_dies": 1}
+
+
+@pytest.mark.parametrize(
+    ("reward", "completions", "message"),
+    [
+        (_flaky, ["ok", "boom"], "reward '_flaky' failed on sample 1: RuntimeError: exploded"),
+        (_flaky, ["nan"], "reward '_flaky' returned nan for sample 0"),
+        (_text, ["x"], "reward '_text' returned a str for sample 0; expected a float or None"),
+    ],
+)
+def test_errors_from_a_worker_name_function_and_sample(pool, reward, completions, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        score_samples(load_rewards([reward]), completions, [{}] * len(completions), pool=pool)
