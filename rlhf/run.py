@@ -281,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         _load_user_rewards(cfg)
     except (ConfigError, ValueError, ImportError) as err:
         return _fail(err, 2)
+    if args.resume and finished(cfg):
+        print(f"the run in {args.resume} already finished all its steps; nothing to do "
+              f"(--max-steps N with a larger N extends it)")
+        return 0
     from rlhf.data.schema import DataError
 
     try:
