@@ -56,7 +56,8 @@ class MetricLogger:
         """Record ``metrics`` for ``step``; numbers (and lists of numbers) also go to TensorBoard and W&B."""
         if check:
             check_finite(metrics, f"stage {stage!r} step {step}")
-        record = {"stage": stage, "step": step, "time": round(time.time() - self._start, 3), **metrics}
+        now = time.time()
+        record = {"stage": stage, "step": step, "time": round(now - self._start, 3), "wall": round(now, 3), **metrics}
         self._jsonl.write(json.dumps(record) + "\n")
         self._step = max(self._step, step)
         scalars = {k: v for k, v in metrics.items() if _is_number(v)}
