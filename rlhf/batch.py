@@ -135,7 +135,7 @@ def global_counts(kind: str, examples: Sequence[Example]):
     if kind == "pairs":
         tokens = sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
         nonempty = sum(1 for e in examples if len(e["chosen_ids"]) and len(e["rejected_ids"]))
-    elif kind in ("unpaired", "prompts"):
+    elif kind in ("unpaired", "completions", "prompts"):
         tokens = sum(len(e["completion_ids"]) for e in examples)
         nonempty = sum(1 for e in examples if len(e["completion_ids"]))
     else:
@@ -154,6 +154,8 @@ def collate(kind: str, examples: Sequence[Example], pad_id: int = 0,
         return collate_unpaired(examples, kl_completions or mismatched_completions(examples), pad_id)
     if kind == "prompts":
         return collate_samples(examples, pad_id)
+    if kind == "completions":
+        return pad_rows([(e["prompt_ids"], e["completion_ids"]) for e in examples], pad_id)
     raise ValueError(f"unknown data kind {kind!r}")
 
 

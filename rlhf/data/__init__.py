@@ -20,7 +20,13 @@ from rlhf.data.loaders import load_dataset_spec, load_rows, train_eval_split
 from rlhf.data.schema import DataError, validate_rows
 from rlhf.data.tasks import EASY_TASKS, pairs_to_unpaired, score_with_task, task_prompts, verifier_pairs
 from rlhf.data.templates import render_completion, render_prompt
-from rlhf.data.tokenization import TokenizeStats, tokenize_pairs, tokenize_prompts, tokenize_unpaired
+from rlhf.data.tokenization import (
+    TokenizeStats,
+    tokenize_completions,
+    tokenize_pairs,
+    tokenize_prompts,
+    tokenize_unpaired,
+)
 
 __all__ = [
     "EASY_TASKS",
@@ -36,6 +42,7 @@ __all__ = [
     "tokenize_pairs",
     "tokenize_prompts",
     "tokenize_unpaired",
+    "tokenize_completions",
     "train_eval_split",
     "validate_rows",
     "verifier_pairs",

@@ -178,14 +178,14 @@ def load_dataset_spec(
         if not task:
             raise DataError(f"data spec {spec!r}: name a task after 'rg:', e.g. rg:{DEFAULT_TASK}")
         size = DEFAULT_SIZE if n is None else n
-        if kind == "pairs":
+        if kind in ("pairs", "completions"):  # SFT on the built-in task: the verified (chosen) answers
             rows = verifier_pairs(task, size, seed, **task_kwargs)
         elif kind == "unpaired":
             rows = pairs_to_unpaired(verifier_pairs(task, (size + 1) // 2, seed, **task_kwargs))[:size]
         elif kind == "prompts":
             rows = task_prompts(task, size, seed, **task_kwargs)
         else:
-            raise ValueError(f"unknown data kind {kind!r} (valid: pairs, unpaired, prompts)")
+            raise ValueError(f"unknown data kind {kind!r} (valid: pairs, unpaired, completions, prompts)")
         source = spec
     else:
         if task_kwargs:

@@ -4,6 +4,8 @@ Three kinds of rows (plain dicts, as read from a file or built in memory):
 
 - ``pairs``: ``{"prompt", "chosen", "rejected"}``
 - ``unpaired`` (KTO): ``{"prompt", "completion", "label"}``, label ``True``/``False`` or ``1``/``0``
+- ``completions`` (SFT): ``{"prompt", "completion"}``; a row of a pairs file is read as its
+  ``chosen`` completion (supervised fine-tuning on the preferred answers)
 - ``prompts`` (online RL): ``{"prompt", ...}``; every other column (``answer``, ``metadata``, ...)
   is kept as is for the reward functions.
 
@@ -17,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-Kind = Literal["pairs", "unpaired", "prompts"]
+Kind = Literal["pairs", "unpaired", "completions", "prompts"]
 
 COMPLETION_FIELDS: dict[str, tuple[str, ...]] = {
     "pairs": ("chosen", "rejected"),
     "unpaired": ("completion",),
+    "completions": ("completion",),
     "prompts": (),
 }
 
@@ -48,6 +51,8 @@ def validate_row(row: Any, kind: Kind, source: str, i: int) -> None:
     """Check one row of ``kind`` (see the module docstring for the formats)."""
     if not isinstance(row, Mapping):
         raise DataError(f"{where(source, i)}: expected an object with fields, got {type(row).__name__}")
+    if kind == "completions" and "completion" not in row and "chosen" in row:
+        row = {**row, "completion": row["chosen"]}  # a preference pair: train on the chosen answer
     prompt = _field(row, "prompt", source, i)
     check_prompt(prompt, source, i)
     for name in COMPLETION_FIELDS[kind]:

@@ -75,6 +75,20 @@ def tokenize_unpaired(
     return _tokenize(rows, tokenizer, "unpaired", max_length, max_prompt_length, policy, source)
 
 
+def tokenize_completions(
+    rows: Sequence[dict],
+    tokenizer: Any,
+    max_length: int,
+    max_prompt_length: int,
+    policy: Policy = "truncate",
+    source: str = "",
+) -> tuple[list[dict], TokenizeStats]:
+    """SFT rows ``{prompt, completion}`` (or pairs, read as their ``chosen``) -> ``{prompt_ids, completion_ids}``."""
+    rows = [{**r, "completion": r["chosen"]} if isinstance(r, dict) and "completion" not in r and "chosen" in r
+            else r for r in rows]
+    return _tokenize(rows, tokenizer, "completions", max_length, max_prompt_length, policy, source)
+
+
 def tokenize_prompts(
     rows: Sequence[dict],
     tokenizer: Any,
@@ -145,6 +159,8 @@ def _example(kind: Kind, row: dict, prompt_text: str, prompt_ids: list[int], com
              source: str, i: int) -> dict:
     if kind == "pairs":
         return {"prompt_ids": prompt_ids, "chosen_ids": completions["chosen"], "rejected_ids": completions["rejected"]}
+    if kind == "completions":
+        return {"prompt_ids": prompt_ids, "completion_ids": completions["completion"]}
     if kind == "unpaired":
         return {
             "prompt_ids": prompt_ids,

@@ -27,9 +27,10 @@ def load_offline_data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[
 
     Built-in data ("default", "rg:TASK") is generated as preference pairs; ``unpaired`` (KTO)
     rows are then made from the training pairs (chosen -> desirable, rejected -> undesirable),
-    so the held-out pairs measure every objective the same way. A user file is read as the
-    objective's kind; held-out pairs come from ``data.eval`` when given, else from a split of
-    a pairs file.
+    and ``completions`` (SFT) train on the chosen answers, so the held-out pairs measure every
+    objective the same way. A user file is read as the objective's kind (SFT also reads a pairs
+    file, as its chosen answers); held-out pairs come from ``data.eval`` when given, else from a
+    split of a pairs file.
     """
     kind = get(cfg.algo).data
     d, m = cfg.data, cfg.model
@@ -40,7 +41,7 @@ def load_offline_data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[
     eval_rows: list[dict] = []
     if d.eval:
         eval_rows = rdata.load_rows(d.eval)
-    elif builtin or kind == "pairs":
+    elif builtin or kind == "pairs" or (kind == "completions" and all("rejected" in r for r in rows)):
         rows, eval_rows = rdata.train_eval_split(rows, d.eval_size, seed=cfg.train.seed)
     if builtin and kind == "unpaired":
         rows = rdata.pairs_to_unpaired(rows)
@@ -49,6 +50,8 @@ def load_offline_data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[
         train, stats = rdata.tokenize_pairs(rows, tokenizer, source=source, **lengths)
     elif kind == "unpaired":
         train, stats = rdata.tokenize_unpaired(rows, tokenizer, source=source, **lengths)
+    elif kind == "completions":
+        train, stats = rdata.tokenize_completions(rows, tokenizer, source=source, **lengths)
     else:
         raise ValueError(f"objective {cfg.algo!r} is online; load_offline_data is for offline stages")
     held_out, eval_stats = ([], {})

@@ -2,6 +2,7 @@
 
 | name           | mode    | data     | reference        | file              |
 |----------------|---------|----------|------------------|-------------------|
+| sft            | offline | completions | never         | sft.py            |
 | simpo          | offline | pairs    | never            | simpo.py          |
 | dpo            | offline | pairs    | always           | dpo.py            |
 | kto            | offline | unpaired | always           | kto.py            |
@@ -23,4 +24,4 @@ from rlhf.objectives.base import GlobalCounts, Objective, get, names, register
 __all__ = ["GlobalCounts", "Objective", "get", "names", "register"]
 
 # Registration happens on import; keep this list in the table's order.
-from rlhf.objectives import dpo, grpo, kto, reinforce_pp, rloo, rm, simpo  # noqa: E402,F401
+from rlhf.objectives import dpo, grpo, kto, reinforce_pp, rloo, rm, sft, simpo  # noqa: E402,F401

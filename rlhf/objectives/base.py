@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 
 Mode = Literal["offline", "online"]
-DataKind = Literal["pairs", "unpaired", "prompts"]
+DataKind = Literal["pairs", "unpaired", "completions", "prompts"]
 PolicyOutput = Literal["token_logps", "score"]
 Batch = Mapping[str, torch.Tensor]
 

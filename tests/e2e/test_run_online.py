@@ -47,15 +47,21 @@ def test_two_engines_two_learners_zero3_object_store(tiny_model, tmp_path, run_c
         "learners": 2, "reference": 0, "generators": 2, "reward_model": 0}
 
 
-def test_schedule_offline_then_online_on_live_actors(tiny_model, tmp_path, run_cli):
+def test_schedule_sft_simpo_grpo_on_live_actors(tiny_model, tmp_path, run_cli):
     out = tmp_path / "sched"
-    proc = run_cli("--schedule", "simpo:2,grpo:2", "--output-dir", str(out), "--model", tiny_model,
+    proc = run_cli("--schedule", "sft:2,simpo:2,grpo:2", "--output-dir", str(out), "--model", tiny_model,
                    "data.size=24", "data.eval_size=8", "generator.prompts_per_step=4", "generator.n=4",
-                   "generator.max_tokens=8", "progress=false")
+                   "generator.max_tokens=8", "checkpoint.keep=5", "progress=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = records(out)
-    assert [r["stage"] for r in recs if "loss" in r] == ["0:simpo"] * 2 + ["1:grpo"] * 2
-    first_online = next(r for r in recs if r["stage"] == "1:grpo" and "reward/mean" in r)
+    assert [r["stage"] for r in recs if "loss" in r] == ["0:sft"] * 2 + ["1:simpo"] * 2 + ["2:grpo"] * 2
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    # a complete checkpoint at every stage boundary (and at the end)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+    assert all((out / "checkpoints" / f"step-{n}" / "COMPLETE").is_file() for n in (2, 4, 6))
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["algo"] for s in summary["stages"]] == ["sft", "simpo", "grpo"]
+    first_online = next(r for r in recs if r["stage"] == "2:grpo" and "reward/mean" in r)
     assert first_online["sync/bytes"] > 0  # the SimPO-trained weights reached the generators first
     assert first_online["logprob_gap/max"] < 1e-3
 
