@@ -89,6 +89,9 @@ class DataConfig:
     eval_size: int = 64
     size: int = 512  # rows generated for built-in tasks
     task: str = "chain_sum"
+    split: str = "train"  # hub data sets: the split to read (a local file is one split)
+    subset: str | None = None  # hub data sets: the configuration (subset) name
+    columns: dict[str, str] = field(default_factory=dict)  # {prompt: question, ...}: read column -> as field
 
 
 @dataclass(frozen=True)

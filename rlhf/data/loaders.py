@@ -58,16 +58,44 @@ def check_data_spec(spec: str) -> None:
                         f"(use {', '.join(FILE_SUFFIXES)})")
 
 
-def load_rows(path_or_name: str | Path, split: str = "train") -> list[dict[str, Any]]:
+def load_rows(path_or_name: str | Path, split: str = "train", subset: str | None = None,
+              columns: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """All rows of a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or of a hub data set.
 
-    A file holds one split: ``split`` applies to hub names only. A ``.json`` file is a list of
-    rows, or an object with a list of rows under the key ``split``. A file without rows fails.
+    A file holds one split: ``split`` and ``subset`` (the configuration name) apply to hub names
+    only. A ``.json`` file is a list of rows, or an object with a list of rows under the key
+    ``split``. A file without rows fails. ``columns`` maps the fields the project reads to the
+    data set's own column names (``{"prompt": "question"}``: column ``question`` is read as
+    ``prompt``); a row without a mapped column fails naming the row and the column.
     """
+    rows = _load(path_or_name, split, subset)
+    return rename_columns(rows, columns or {}, str(path_or_name))
+
+
+def rename_columns(rows: list[dict[str, Any]], columns: dict[str, str], source: str) -> list[dict[str, Any]]:
+    """``rows`` with column ``columns[field]`` read as ``field`` (see ``load_rows``)."""
+    if not columns:
+        return rows
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            return rows  # validation names the row that is not an object
+        renamed = dict(row)
+        for target, column in columns.items():
+            if column not in row:
+                raise DataError(f"{source}: row {i} (0-based) has no column {column!r} (data.columns maps it to "
+                                f"{target!r}; columns present: {', '.join(sorted(map(str, row)))})")
+            renamed.pop(column)
+            renamed[target] = row[column]
+        out.append(renamed)
+    return out
+
+
+def _load(path_or_name: str | Path, split: str, subset: str | None) -> list[dict[str, Any]]:
     check_data_spec(str(path_or_name))
     path = Path(path_or_name).expanduser()
     if not _looks_like_path(str(path_or_name)):
-        return _load_with_datasets(str(path_or_name), split)
+        return _load_with_datasets(str(path_or_name), split, subset)
     suffix = path.suffix.lower()
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (no rows)")
@@ -142,13 +170,13 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: cannot read as parquet: {_first_line(exc)}") from None
 
 
-def _load_with_datasets(name: str, split: str) -> list[dict[str, Any]]:
+def _load_with_datasets(name: str, split: str, subset: str | None = None) -> list[dict[str, Any]]:
     import datasets
 
     verbosity = datasets.utils.logging.get_verbosity()
     datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     try:
-        return datasets.load_dataset(name, split=split).to_list()
+        return datasets.load_dataset(name, subset, split=split).to_list()
     except Exception as exc:  # noqa: BLE001 - hub, network and format errors all end here
         raise DataError(
             f"data {name!r} is not a local {'/'.join(FILE_SUFFIXES)} file and could not be loaded with "
@@ -164,7 +192,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_dataset_spec(
-    spec: str, kind: Kind, seed: int = 0, n: int | None = None, **task_kwargs: Any
+    spec: str, kind: Kind, seed: int = 0, n: int | None = None, split: str = "train", subset: str | None = None,
+    columns: dict[str, str] | None = None, **task_kwargs: Any
 ) -> list[dict[str, Any]]:
     """Rows of ``kind`` (``pairs`` / ``unpaired`` / ``prompts``) named by ``spec``, validated.
 
@@ -190,7 +219,7 @@ def load_dataset_spec(
     else:
         if task_kwargs:
             raise ValueError(f"data spec {spec!r}: task settings {sorted(task_kwargs)} apply to rg: tasks only")
-        rows = load_rows(spec)
+        rows = load_rows(spec, split=split, subset=subset, columns=columns)
         if n is not None:
             rows = rows[:n]
         source = spec

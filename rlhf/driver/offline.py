@@ -37,10 +37,11 @@ def load_offline_data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[
     lengths = {"max_length": m.max_length, "max_prompt_length": m.max_prompt_length, "policy": m.truncation}
     spec = data_spec(cfg)
     builtin = spec.startswith("rg:")
-    rows = rdata.load_dataset_spec(spec, "pairs" if builtin else kind, seed=cfg.train.seed, n=d.size)
+    rows = rdata.load_dataset_spec(spec, "pairs" if builtin else kind, seed=cfg.train.seed, n=d.size, split=d.split,
+                                   subset=d.subset, columns=d.columns)
     eval_rows: list[dict] = []
     if d.eval:
-        eval_rows = rdata.load_rows(d.eval)
+        eval_rows = rdata.load_rows(d.eval, columns=d.columns)
     elif builtin or kind == "pairs" or (kind == "completions" and all("rejected" in r for r in rows)):
         rows, eval_rows = rdata.train_eval_split(rows, d.eval_size, seed=cfg.train.seed)
     if builtin and kind == "unpaired":
@@ -116,6 +117,7 @@ def run_offline_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], list
         if not metrics.get("skipped"):
             session.version += 1
             last = metrics
+            metrics.update(length_ratios(metrics))
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and held_out:
             with timer.phase("eval"):
                 metrics.update(preference_accuracy(session, objective, params, held_out, pad_id, ref_cache=ref_cache))
@@ -141,6 +143,15 @@ def run_offline_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], list
 
 
 HEADLINE = ("loss", "rewards/accuracy")
+
+
+def length_ratios(metrics: dict[str, Any]) -> dict[str, float]:
+    """Chosen and rejected lengths over the prompt length (the SimPO guides tune the margin by them)."""
+    prompt = metrics.get("length/prompt")
+    if not prompt:
+        return {}
+    return {f"length/{side}_over_prompt": metrics[f"length/{side}"] / prompt
+            for side in ("chosen", "rejected") if f"length/{side}" in metrics}
 
 
 def _logged_before(stage: StageRun) -> dict[str, float]:

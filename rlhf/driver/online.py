@@ -73,11 +73,13 @@ def _sampling(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
 def load_prompts(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], dict[str, Any], list[dict]]:
     """Tokenized prompt rows (every dataset column kept for the rewards), their counts, and held-out
     prompts for ``eval_every`` (``data.eval`` when given, else ``data.eval_size`` rows split off)."""
-    rows = rdata.load_dataset_spec(data_spec(cfg), "prompts", seed=cfg.train.seed, n=cfg.data.size)
+    d = cfg.data
+    rows = rdata.load_dataset_spec(data_spec(cfg), "prompts", seed=cfg.train.seed, n=d.size, split=d.split,
+                                   subset=d.subset, columns=d.columns)
     eval_rows: list[dict] = []
     if cfg.eval_every:
         if cfg.data.eval:
-            eval_rows = rdata.load_rows(cfg.data.eval)
+            eval_rows = rdata.load_rows(cfg.data.eval, columns=d.columns)
         else:
             rows, eval_rows = rdata.train_eval_split(rows, cfg.data.eval_size, seed=cfg.train.seed)
     m = cfg.model

@@ -377,3 +377,27 @@ def test_every_row_dropped_is_an_error_and_some_dropped_are_counted(tok):
     with pytest.raises(DataError, match=r"^src: all 2 rows were dropped as over-long \(max_prompt_length=8, "
                                         r"max_length=16 tokens, policy 'drop'\); .* model.truncation=truncate$"):
         tokenize_pairs([long, long], tok, 16, 8, policy="drop", source="src")
+
+
+def test_column_mapping_reads_a_data_sets_own_column_names(tmp_path):
+    from rlhf.data import load_dataset_spec, load_rows
+    from rlhf.data.schema import DataError
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "1 + 2 = ?", "solution": "3", "id": 7}\n{"question": "2 + 2 = ?", "solution": "4"}\n')
+    rows = load_rows(path, columns={"prompt": "question", "answer": "solution"})
+    assert rows == [{"prompt": "1 + 2 = ?", "answer": "3", "id": 7}, {"prompt": "2 + 2 = ?", "answer": "4"}]
+    prompts = load_dataset_spec(str(path), "prompts", columns={"prompt": "question"})
+    assert [r["prompt"] for r in prompts] == ["1 + 2 = ?", "2 + 2 = ?"] and "question" not in prompts[0]
+    with pytest.raises(DataError, match=r"qa.jsonl: row 0 \(0-based\) has no column 'query' \(data.columns maps it to "
+                                        r"'prompt'; columns present: id, question, solution\)"):
+        load_rows(path, columns={"prompt": "query"})
+
+
+def test_column_mapping_through_the_config(tmp_path):
+    from rlhf.config import build_config
+
+    cfg = build_config(algo="grpo", overrides=["data.columns={prompt: question, answer: solution}",
+                                                "data.split=test", "data.subset=main"])
+    assert cfg.data.columns == {"prompt": "question", "answer": "solution"}
+    assert (cfg.data.split, cfg.data.subset) == ("test", "main")
