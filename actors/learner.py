@@ -228,7 +228,7 @@ class LearnerActor(WeightSenderMixin):
     # ---- training -----------------------------------------------------------------------------
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]], objective: Objective, params: Any,
-                   counts: GlobalCounts, on_policy: bool = False) -> dict[str, float]:
+                   counts: GlobalCounts, on_policy: bool = False, is_cap: float | None = None) -> dict[str, float]:
         """One optimizer step over ``micro_batches`` (exactly ``grad_accum`` of them on every rank).
 
         ``objective`` is the registry record itself (so objectives registered by ``--import`` in
@@ -237,7 +237,9 @@ class LearnerActor(WeightSenderMixin):
         without ``old_logps`` takes them from this very forward, detached: the same values a
         separate no-grad forward would give, without running it. The gap between those log-probs
         and the generator's ``behaviour_logps`` is then measured here (``logprob_gap/mean``,
-        ``logprob_gap/max``).
+        ``logprob_gap/max``). With ``is_cap`` (a rollout sampled by an older policy), the loss
+        gets truncated importance weights ``min(pi_old / pi_behaviour, is_cap)`` (``is/mean``,
+        ``is/max`` and ``is/truncated`` are logged).
 
         Returns the objective's metrics and ``loss``, each summed over micro-batches and ranks
         (so each is the global mean), plus ``grad_norm`` (before clipping), ``lr`` (the rate this
@@ -264,6 +266,8 @@ class LearnerActor(WeightSenderMixin):
                 batch["old_logps"] = out.detach()
                 if "behaviour_logps" in batch:
                     self._gap_metrics(batch, counts, totals, peaks)
+            if is_cap is not None and "behaviour_logps" in batch and "is_weights" not in batch:
+                self._is_weights(batch, is_cap, counts, totals, peaks)
             objective.check_batch(batch, params)
             loss, metrics = objective.loss(out, batch, params, counts)
             if not self._all_finite(loss):
@@ -295,6 +299,20 @@ class LearnerActor(WeightSenderMixin):
         totals["logprob_gap/mean"] = totals.get("logprob_gap/mean", 0.0) + diff.sum() / max(counts.tokens, 1)
         local_max = diff.max() if diff.numel() else torch.zeros((), device=diff.device)
         peaks["logprob_gap/max"] = torch.maximum(peaks.get("logprob_gap/max", local_max), local_max)
+
+    def _is_weights(self, batch: dict[str, torch.Tensor], cap: float, counts: GlobalCounts,
+                    totals: dict[str, torch.Tensor], peaks: dict[str, torch.Tensor]) -> None:
+        """Truncated IS weights of this micro-batch into ``batch``, and their metrics."""
+        from rlhf.objectives._online import truncated_is_weights
+
+        mask = batch["response_mask"].bool()
+        raw = torch.exp(torch.clamp(batch["old_logps"] - batch["behaviour_logps"].float(), max=20.0))[mask]
+        batch["is_weights"] = truncated_is_weights(batch["old_logps"], batch["behaviour_logps"], mask, cap)
+        tokens = max(counts.tokens, 1)
+        totals["is/mean"] = totals.get("is/mean", 0.0) + raw.clamp(max=cap).sum() / tokens
+        totals["is/truncated"] = totals.get("is/truncated", 0.0) + (raw > cap).float().sum() / tokens
+        local_max = raw.max() if raw.numel() else torch.zeros((), device=raw.device)
+        peaks["is/max"] = torch.maximum(peaks.get("is/max", local_max), local_max)
 
     def _all_finite(self, value: torch.Tensor | None) -> bool:
         """Whether ``value`` is finite on every rank (a collective: every rank calls it at the same point)."""

@@ -37,16 +37,20 @@ class TrainStep:
     counts: GlobalCounts
     per_rank: list[list[dict[str, torch.Tensor]]]
     on_policy: bool = False
+    is_cap: float | None = None  # a stale rollout: truncated importance weights with this cap
 
 
-def shipped_fields(objective: Objective, params: Any, on_policy: bool = False) -> tuple[str, ...]:
+def shipped_fields(objective: Objective, params: Any, on_policy: bool = False, stale: bool = False) -> tuple[str, ...]:
     """Batch fields a learner needs for ``objective``: model inputs, the loss's declared fields, the
-    reference log-probs when it uses them, and the generator's log-probs for the on-policy gap."""
+    reference log-probs when it uses them, the generator's log-probs for the on-policy gap and
+    the importance weights of a stale rollout."""
     fields = [*MODEL_INPUTS, *objective.fields]
     if objective.needs_reference(params):
         fields.append("ref_token_logps")
     if on_policy:
         fields = [f for f in fields if f != "old_logps"] + ["behaviour_logps"]
+    elif stale:
+        fields.append("is_weights")
     return tuple(dict.fromkeys(fields))
 
 
@@ -60,10 +64,13 @@ class LearnerGroup:
 
     @classmethod
     def start(cls, n: int, config: dict[str, Any], timeout_s: float, num_cpus: float,
-              strategy: str = "PACK") -> LearnerGroup:
-        """Start ``n`` ranks (``actors.group.start_learners``) and wrap them."""
-        return cls(start_learners(n, config, timeout_s=timeout_s, num_cpus=num_cpus, strategy=strategy),
-                   int(config.get("grad_accum", 1)))
+              strategy: str = "PACK", num_gpus: float | None = None,
+              resources: dict[str, float] | None = None,
+              placement_timeout_s: float | None = None) -> LearnerGroup:
+        """Start ``n`` ranks (``actors.group.start_learners``: resources per rank, placement strategy) and wrap them."""
+        group = start_learners(n, config, timeout_s=timeout_s, num_cpus=num_cpus, strategy=strategy,
+                               num_gpus=num_gpus, resources=resources, placement_timeout_s=placement_timeout_s)
+        return cls(group, int(config.get("grad_accum", 1)))
 
     def __len__(self) -> int:
         return self.ranks
@@ -100,7 +107,7 @@ class LearnerGroup:
     # -- training and inference -----------------------------------------------------------------
     def train_step(self, step: TrainStep) -> dict[str, Any]:
         """Run one optimizer step on every rank; the metrics (global means, see the learner)."""
-        args = [(mbs, step.objective, step.params, step.counts, step.on_policy) for mbs in step.per_rank]
+        args = [(mbs, step.objective, step.params, step.counts, step.on_policy, step.is_cap) for mbs in step.per_rank]
         return self.group.call("train_step", per_rank=args)[0]
 
     def compute(self, batch: dict[str, torch.Tensor], output: str = "token_logps",

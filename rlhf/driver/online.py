@@ -19,6 +19,7 @@ One rollout step:
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from rlhf.driver.durable import StageRun
 from rlhf.driver.offline import data_spec
 from rlhf.driver.progress import PhaseTimer, headline
 from rlhf.objectives import get
+from rlhf.objectives._online import truncated_is_weights
 from rlhf.objectives.base import GlobalCounts
 
 
@@ -123,6 +125,12 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any, 
     generator's state and the rest of the current order from its checkpoint, so it continues with
     the same prompts. (vLLM's sampling state is not restored: the completions of resumed steps
     are fresh draws.)
+
+    With ``train.max_staleness = 1`` generation runs ahead: right after a step's samples arrive,
+    the next step's prompts go to the generators (with the weights synced just before) while this
+    step is scored and trained, so every sample is at most one policy version old; its loss is
+    corrected with truncated importance weights (``train.is_cap``). With 0 (the default) each
+    step generates after the previous update, synchronously.
     """
     objective = get(cfg.algo)
     params = objective_params(cfg)
@@ -134,7 +142,6 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any, 
         session.start_reference()
     scorer, rewards_list = make_scorer(cfg, session)
     sampling = _sampling(cfg, tokenizer)
-    buffer = RolloutBuffer("prompts", max_staleness=0)
     rng = random.Random(t.seed)
     order: list[int] = []
     history: list[float] = []
@@ -146,27 +153,48 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any, 
     pad_id = tokenizer.pad_token_id
     reads = objective.prepare_reads(params) if objective.prepare_reads else ()
     on_policy = t.epochs == 1 and t.mini_batches == 1 and "old_logps" not in reads
+    ahead = t.max_staleness > 0
+    buffer = RolloutBuffer("prompts", max_staleness=t.max_staleness)
     from actors.learner_group import shipped_fields
 
-    fields = shipped_fields(objective, params, on_policy)
+    fields = shipped_fields(objective, params, on_policy, stale=ahead)
     bar = stage.progress.bar(stage.name, t.max_steps, initial=done)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="generate-ahead") if ahead else None
+    pending: list[Any] = []  # [future, picked, policy version] of a generation running ahead
 
-    def position() -> dict[str, Any]:
-        return {"rng": encode_random_state(rng.getstate()), "order": order, "history": history}
-
-    for step in range(done, t.max_steps):
-        timer = PhaseTimer()
-        metrics: dict[str, Any] = {}
-        if session.synced_version != session.version:
-            with timer.phase("sync"):
-                metrics.update(session.sync_weights())
+    def draw() -> list[int]:
+        nonlocal order
         if len(order) < g.prompts_per_step:
             fresh = list(range(len(prompts)))
             rng.shuffle(fresh)
             order += fresh
         picked, order = order[: g.prompts_per_step], order[g.prompts_per_step :]
+        return picked
+
+    def launch(picked: list[int], timer: PhaseTimer, metrics: dict[str, Any]) -> list[Any]:
+        if session.synced_version != session.version:
+            with timer.phase("sync"):
+                metrics.update(session.sync_weights())
+        ids = [prompts[i]["prompt_ids"] for i in picked]
+        if executor is None:
+            return [_Done(session.generate, ids, sampling), picked, session.version]
+        future = executor.submit(session.generate, ids, sampling)
+        return [future, picked, session.version]
+
+    def position() -> dict[str, Any]:  # prompts already sent ahead go back in front of the order
+        waiting = pending[1] if pending else []
+        return {"rng": encode_random_state(rng.getstate()), "order": waiting + order, "history": history}
+
+    for step in range(done, t.max_steps):
+        timer = PhaseTimer()
+        metrics: dict[str, Any] = {}
+        if not pending:
+            pending = launch(draw(), timer, metrics)
         with timer.phase("generate"):
-            outputs = session.generate([prompts[i]["prompt_ids"] for i in picked], sampling)
+            (future, picked, gen_version), pending = pending, []
+            outputs = future.result()
+        if ahead and step + 1 < t.max_steps:
+            pending = launch(draw(), timer, metrics)  # runs while this step is scored and trained
         # group = the prompt's slot in this step (a prompt drawn twice across an epoch boundary
         # makes two groups, not one group of 2n)
         flat = [(slot, p, s) for slot, (p, samples) in enumerate(zip(picked, outputs)) for s in samples]
@@ -184,21 +212,27 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any, 
         dropped = len(flat) - keep  # skipped by a reward, empty completions, and the trimmed tail
         if keep == 0:
             raise RuntimeError(f"[{stage.name}] every sample of this step was skipped ({reward_stats})")
-        buffer.add(examples[:keep], version=session.version)
+        buffer.add(examples[:keep], version=gen_version)
+        lag = session.version - gen_version
+        metrics.update(buffer.staleness(session.version))
         batch_examples = buffer.take(current_version=session.version)
         batch = collate_samples(batch_examples, pad_id)
+        is_cap = t.is_cap if lag > 0 else None
         if not on_policy:
             with timer.phase("old_logps"):
                 batch["old_logps"] = session.learners.compute(batch)
             gap_mean, gap_max = logprob_gap(batch["behaviour_logps"], batch["old_logps"], batch["response_mask"])
             metrics.update({"logprob_gap/mean": gap_mean, "logprob_gap/max": gap_max})
+            if is_cap is not None:
+                batch["is_weights"] = truncated_is_weights(batch["old_logps"], batch["behaviour_logps"],
+                                                           batch["response_mask"], is_cap)
         if objective.needs_reference(params):
             with timer.phase("ref_logps"):
                 batch["ref_token_logps"] = session.reference_logps([[batch]])[0][0]
         if objective.prepare is not None:
             batch = objective.prepare(batch, params)
         with timer.phase("train"):
-            metrics.update(_optimise(session, cfg, objective, params, batch, fields, on_policy))
+            metrics.update(_optimise(session, cfg, objective, params, batch, fields, on_policy, is_cap))
         reward_mean = float(batch["rewards"].mean())
         history.append(reward_mean)
         lengths = batch["response_mask"].sum(-1).float()
@@ -221,6 +255,8 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any, 
         if not cfg.progress:
             print(f"[{stage.name}] step {step + 1}/{t.max_steps}: {text}", flush=True)
     bar.close()
+    if executor is not None:
+        executor.shutdown()
     stage.save(session, position())
     return {"stage": stage.name, "algo": cfg.algo, "steps": t.max_steps, "reward_first": history[0],
             "reward_last": history[-1], "reward_curve": history}
@@ -229,8 +265,19 @@ def run_online_stage(session: Any, cfg: RunConfig, data: tuple[list[dict], Any, 
 HEADLINE = ("reward/mean", "loss")
 
 
+class _Done:
+    """A call shaped like a ``Future`` that runs when its result is asked for (the synchronous path:
+    no thread, no overlap)."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def result(self) -> Any:
+        return self.fn(*self.args)
+
+
 def _optimise(session: Any, cfg: RunConfig, objective: Any, params: Any, batch: dict[str, torch.Tensor],
-              fields: tuple[str, ...], on_policy: bool) -> dict:
+              fields: tuple[str, ...], on_policy: bool, is_cap: float | None = None) -> dict:
     """``epochs`` x ``mini_batches`` optimizer steps over one rollout batch; metrics of the last.
 
     A rollout that feeds one optimizer step (``on_policy``) is split in row order, so each group's
@@ -248,7 +295,7 @@ def _optimise(session: Any, cfg: RunConfig, objective: Any, params: Any, batch: 
             mask = batch["response_mask"][mini]
             counts = GlobalCounts(examples=len(mini), tokens=int(mask.sum()), nonempty=int((mask.sum(-1) > 0).sum()))
             per_rank = session.learners.shard_rows(batch, mini, fields)
-            metrics = session.learners.train_step(TrainStep(objective, params, counts, per_rank, on_policy))
+            metrics = session.learners.train_step(TrainStep(objective, params, counts, per_rank, on_policy, is_cap))
             if not metrics.get("skipped"):
                 session.version += 1
     return metrics

@@ -158,7 +158,9 @@ def online_loss(
     Args:
         token_logps: ``[R, T]`` policy log-probs.
         batch: needs ``response_mask``, ``old_logps``, ``advantages`` and, with a KL term in the
-            loss, ``ref_token_logps``.
+            loss, ``ref_token_logps``. Optional ``is_weights`` ``[R, T]`` (detached truncated
+            importance weights ``min(pi_old / pi_behaviour, cap)`` of a stale rollout, see
+            ``truncated_is_weights``) multiply the per-token policy-gradient loss.
         params: an ``OnlineParams``.
         counts: global counts of the optimizer step; the ``seq-mean-token-*`` modes divide by
             ``counts.nonempty_examples`` (samples with at least one response token).
@@ -173,7 +175,8 @@ def online_loss(
         token_logps, batch["old_logps"], batch["advantages"], mask, params.clip_low, params.clip_high, params.dual_clip
     )
     n_seq, n_tok, norm = counts.nonempty_examples, counts.tokens, params.loss_agg_norm
-    pg_loss = aggregate(terms.loss, mask, params.loss_agg, n_seq, n_tok, norm)
+    per_token = terms.loss * batch["is_weights"] if "is_weights" in batch else terms.loss
+    pg_loss = aggregate(per_token, mask, params.loss_agg, n_seq, n_tok, norm)
     loss = pg_loss
     metrics = {
         "pg_loss": pg_loss.detach(),
@@ -190,6 +193,21 @@ def online_loss(
         metrics["kl"] = aggregate(kl_t.detach(), mask, "token-mean", n_seq, n_tok)
     metrics["loss"] = loss.detach()
     return loss, metrics
+
+
+def truncated_is_weights(old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """``[R, T]`` truncated importance weights ``min(exp(old - behaviour), cap)`` on ``mask``, 0 elsewhere.
+
+    For a rollout sampled by a policy older than ``pi_old`` (asynchronous generation): the PPO
+    ratio is taken against ``pi_old`` (the learner's log-probs before this update) and this weight
+    corrects for the sampler (TIS, as in verl/"Your efficient RL framework secretly brings you
+    off-policy RL training"). Both log-probs are of the sampled tokens under the untempered
+    model, the sampler's own distribution when it samples at temperature 1 without top-k/top-p.
+    Detached: a weight, not a path for gradients.
+    """
+    log_ratio = torch.clamp(old_logps.float() - behaviour_logps.float(), max=20.0)
+    return (torch.exp(log_ratio).clamp(max=cap) * mask.float()).detach()
 
 
 def prepare_reads(params: OnlineParams) -> tuple[str, ...]:

@@ -79,3 +79,17 @@ def test_reward_model_as_reward(tiny_model, tmp_path, run_cli):
     step = next(r for r in records(out) if "reward/mean" in r)
     assert step["reward/std"] > 0  # scores from a model, not a 0/1 verifier
     assert json.loads((out / "summary.json").read_text())["actors"]["reward_model"] == 1
+
+
+def test_generation_ahead_is_at_most_one_version_stale_and_logs_is_weights(tiny_model, tmp_path, run_cli):
+    out = tmp_path / "ahead"
+    proc = run_cli("--algo", "grpo", "--max-steps", "3", "--output-dir", str(out), "--model", tiny_model,
+                   "data.size=16", "generator.prompts_per_step=2", "generator.n=4", "generator.max_tokens=8",
+                   "train.max_staleness=1", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [r for r in records(out) if "reward/mean" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert [r["staleness/max"] for r in steps] == [0.0, 1.0, 1.0]  # step 1 samples the initial policy
+    assert "is/mean" not in steps[0]
+    for r in steps[1:]:
+        assert 0.0 < r["is/mean"] <= 2.0 and r["is/max"] > 0.0 and 0.0 <= r["is/truncated"] <= 1.0

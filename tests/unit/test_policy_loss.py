@@ -353,3 +353,29 @@ def test_prepare_rejects_bad_rewards():
         obj.prepare(_rollout([1.0, float("nan")], [0, 0], [[0, 1], [0, 1]]), obj.make_params())
     with pytest.raises(KeyError, match="rewards"):
         obj.prepare({"group": torch.tensor([0]), "response_mask": torch.tensor([[0, 1]])}, obj.make_params())
+
+
+def test_truncated_is_weights_by_hand_and_in_the_loss():
+    from rlhf.objectives import GlobalCounts, get
+    from rlhf.objectives._online import truncated_is_weights
+
+    old = torch.log(torch.tensor([[1.0, 0.5, 0.2, 0.9]]))
+    behaviour = torch.log(torch.tensor([[1.0, 0.25, 0.4, 0.1]]))
+    mask = torch.tensor([[0, 1, 1, 1]])
+    w = truncated_is_weights(old, behaviour, mask, cap=2.0)
+    # ratios 0.5/0.25 = 2, 0.2/0.4 = 0.5, 0.9/0.1 = 9 -> capped at 2; 0 outside the mask
+    assert w[0].tolist() == pytest.approx([0.0, 2.0, 0.5, 2.0])
+    assert not w.requires_grad
+
+    grpo = get("grpo")
+    params = grpo.make_params()
+    logp = old.clone().requires_grad_(True)
+    batch = {"response_mask": mask, "old_logps": old, "advantages": torch.tensor([[0.0, 1.0, 1.0, 1.0]])}
+    counts = GlobalCounts(examples=1, tokens=3)
+    plain, _ = grpo.loss(logp, batch, params, counts)
+    weighted, _ = grpo.loss(logp, {**batch, "is_weights": w}, params, counts)
+    # ratio 1 everywhere, A = 1: per-token loss -1; token mean -1 plain, -(2 + 0.5 + 2) / 3 weighted
+    assert plain.item() == pytest.approx(-1.0)
+    assert weighted.item() == pytest.approx(-4.5 / 3)
+    ones, _ = grpo.loss(logp, {**batch, "is_weights": mask.float()}, params, counts)
+    assert ones.item() == plain.item()  # weights of 1 (staleness 0) change nothing
