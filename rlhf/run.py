@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - one line, the traceback on request
-        return _fail(err, 1, hint=True)
+    except Exception as err:  # noqa: BLE001 - one line; the whole traceback goes to a log file
+        return _fail(err, 1, hint=True, log_dir=output_dir(cfg))
     print(f"done in {summary['wall_s']} s; model: {summary['model']}; metrics: {Path(summary['output_dir'])}")
     return 0
 
@@ -335,18 +335,38 @@ def _load_user_rewards(cfg: RunConfig) -> None:
                 raise ConfigError(f"reward.functions: {_first_line(err)}") from None
 
 
+def _write_traceback(err: BaseException, log_dir: Path) -> Path | None:
+    """Append ``err``'s whole traceback (and, for an actor's failure, the remote one) to ``log_dir/error.log``."""
+    import traceback
+
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / "error.log"
+        with path.open("a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+            cause = getattr(err, "cause", None) or getattr(err.__cause__, "cause", None)
+            if cause is not None:
+                f.write("--- in the actor:\n" + str(cause) + "\n")
+        return path
+    except OSError:
+        return None
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err.args[0] if isinstance(err, KeyError) and err.args else err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _fail(err: BaseException, code: int, hint: bool = False) -> int:
+def _fail(err: BaseException, code: int, hint: bool = False, log_dir: Path | None = None) -> int:
     if os.environ.get("RLHF_DEBUG"):
         raise err
     message = _first_line(err)
     if hint:
         known = isinstance(err, ValueError | KeyError | OSError | RuntimeError | TimeoutError | FloatingPointError)
-        message = (message if known else f"{type(err).__name__}: {message}") + "  (RLHF_DEBUG=1 shows the traceback)"
+        message = message if known else f"{type(err).__name__}: {message}"
+        log = _write_traceback(err, log_dir) if log_dir is not None else None
+        message += f"  (full traceback: {log})" if log else "  (RLHF_DEBUG=1 shows the traceback)"
     print(f"error: {message}", file=sys.stderr)
     return code
 

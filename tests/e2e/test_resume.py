@@ -146,6 +146,8 @@ def test_nan_steps_are_skipped_then_the_run_stops_with_the_last_good_checkpoint(
     last = proc.stderr.strip().splitlines()[-1]
     assert "2 steps in a row had a non-finite loss" in last and "step-3" in last, last
     assert "Traceback" not in proc.stderr
+    assert f"full traceback: {run_dir / 'error.log'}" in last  # the one line says where the rest went
+    assert "BadStepsError" in (run_dir / "error.log").read_text()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     skipped = [r["step"] for r in records if r.get("skipped") == 1.0]
     assert skipped == [4, 5]
