@@ -1,0 +1,123 @@
+"""The learner's hot path against a plain PyTorch loop, one rank, the same micro-batches.
+
+    python bench/learner_overhead.py --steps 6 [--model default] [--pairs 4]
+
+Times one optimizer step of SimPO on the same pairs four ways, in this one process (gloo, world
+size 1), alternating them step by step, the first step of each excluded:
+
+- ``plain``: what a hand-written loop does: HF forward over every position, full-vocabulary
+  log-softmax, SimPO loss, backward, clip, torch AdamW.
+- ``project-zero0`` / ``-zero1`` / ``-zero2``: the learner's own path (completion-only output
+  head, shared-prefix packing) under a DeepSpeed engine at that ZeRO stage, fused AdamW.
+
+Prints min / median seconds per step and each one's ratio to ``plain``, plus a torch.profiler
+table of the top operators of one ``project-zero0`` step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--pairs", type=int, default=4)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--profile", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    from transformers import AutoModelForCausalLM
+
+    from actors import common, model_io
+    from rlhf import data as rdata
+    from rlhf.batch import collate_pairs, global_counts
+    from rlhf.models import load_tokenizer, resolve_model
+    from rlhf.objectives import get
+
+    path = resolve_model(a.model)
+    tok = load_tokenizer(path)
+    rows = rdata.load_dataset_spec("rg:chain_sum", "pairs", seed=0, n=a.pairs * 4)
+    examples, _ = rdata.tokenize_pairs(rows, tok, max_length=160, max_prompt_length=128)
+    batch = collate_pairs(examples[: a.pairs], tok.pad_token_id)
+    counts = global_counts("pairs", examples[: a.pairs])
+    simpo = get("simpo")
+    params = simpo.make_params({"beta": 2.0, "gamma_beta_ratio": 0.5})
+    real = int(batch["attention_mask"].sum())
+    print(f"{a.pairs} pairs: {tuple(batch['input_ids'].shape)} padded, {real} real tokens, "
+          f"{int(batch['response_mask'].sum())} completion tokens; {a.threads} threads")
+
+    common.init_process_group(0, 1, "127.0.0.1", _free_port(), "cpu", 300)
+    deepspeed = common.import_deepspeed("cpu")
+
+    def plain_runner():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95))
+
+        def step():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logps = model_io.token_logps(logits, batch["input_ids"], batch["attention_mask"])
+            loss, _ = simpo.loss(logps, batch, params, counts)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    def project_runner(stage: int):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.config.use_cache = False
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), **common.adamw_kernel("cpu"))
+        cfg = {"train_micro_batch_size_per_gpu": a.pairs, "gradient_accumulation_steps": 1,
+               "train_batch_size": a.pairs, "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
+               "zero_allow_untested_optimizer": True, "steps_per_print": 1 << 30}
+        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+
+        def step():
+            out = model_io.policy_output(engine, batch, "token_logps", pack=True)
+            loss, _ = simpo.loss(out, batch, params, counts)
+            engine.backward(loss, scale_wrt_gas=False)
+            engine.step()
+        return step
+
+    runners = {"plain": plain_runner(), **{f"project-zero{s}": project_runner(s) for s in (0, 1, 2)}}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(a.steps + 1):
+        for name, step in runners.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["plain"][1:])
+    print(f"{'path':<16}{'min s':>8}{'median s':>10}{'plain / this':>14}")
+    for name, values in times.items():
+        values = values[1:]
+        median = statistics.median(values)
+        print(f"{name:<16}{min(values):>8.3f}{median:>10.3f}{base / median:>13.2f}x")
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            runners["project-zero0"]()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
