@@ -1,9 +1,10 @@
 """The learner's hot path against a plain PyTorch loop, one rank, the same micro-batches.
 
     python bench/learner_overhead.py --steps 6 [--model default] [--pairs 4]
+    python bench/learner_overhead.py --device cuda --dtype bfloat16 --pairs 32 --profile   # on a GPU
 
 Times one optimizer step of SimPO on the same pairs four ways, in this one process (gloo, world
-size 1), alternating them step by step, the first step of each excluded:
+size 1), alternating them step by step, the first step of each excluded (CPU and fp32 by default; `--device cuda --dtype bfloat16` on a GPU):
 
 - ``plain``: what a hand-written loop does: HF forward over every position, full-vocabulary
   log-softmax, SimPO loss, backward, clip, torch AdamW.
@@ -32,9 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: the project runs DeepSpeed bf16 (ZeRO >= 1), plain runs bf16 autocast")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("DS_ACCELERATOR", a.device)
 
     from transformers import AutoModelForCausalLM
 
@@ -48,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(path)
     rows = rdata.load_dataset_spec("rg:chain_sum", "pairs", seed=0, n=a.pairs * 4)
     examples, _ = rdata.tokenize_pairs(rows, tok, max_length=160, max_prompt_length=128)
-    batch = collate_pairs(examples[: a.pairs], tok.pad_token_id)
+    device = common.local_device(a.device)
+    batch = common.to_device(collate_pairs(examples[: a.pairs], tok.pad_token_id), device)
+    bf16 = a.dtype == "bfloat16"
     counts = global_counts("pairs", examples[: a.pairs])
     simpo = get("simpo")
     params = simpo.make_params({"beta": 2.0, "gamma_beta_ratio": 0.5})
@@ -56,15 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.pairs} pairs: {tuple(batch['input_ids'].shape)} padded, {real} real tokens, "
           f"{int(batch['response_mask'].sum())} completion tokens; {a.threads} threads")
 
-    common.init_process_group(0, 1, "127.0.0.1", _free_port(), "cpu", 300)
-    deepspeed = common.import_deepspeed("cpu")
+    common.init_process_group(0, 1, "127.0.0.1", _free_port(), a.device, 300)
+    deepspeed = common.import_deepspeed(a.device)
 
     def plain_runner():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95))
 
         def step():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logps = model_io.token_logps(logits, batch["input_ids"], batch["attention_mask"])
             loss, _ = simpo.loss(logps, batch, params, counts)
             loss.backward()
@@ -76,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     def project_runner(stage: int):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.config.use_cache = False
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), **common.adamw_kernel("cpu"))
-        cfg = {"train_micro_batch_size_per_gpu": a.pairs, "gradient_accumulation_steps": 1,
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), **common.adamw_kernel(a.device))
+        cfg = {"bf16": {"enabled": bf16}, "train_micro_batch_size_per_gpu": a.pairs, "gradient_accumulation_steps": 1,
                "train_batch_size": a.pairs, "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
                "zero_allow_untested_optimizer": True, "steps_per_print": 1 << 30}
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
@@ -89,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
             engine.step()
         return step
 
-    runners = {"plain": plain_runner(), **{f"project-zero{s}": project_runner(s) for s in (0, 1, 2)}}
+    stages = (1, 2) if bf16 else (0, 1, 2)  # DeepSpeed bf16 keeps fp32 master weights from stage 1
+    runners = {"plain": plain_runner(), **{f"project-zero{s}": project_runner(s) for s in stages}}
     times: dict[str, list[float]] = {k: [] for k in runners}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(a.steps + 1):
         for name, step in runners.items():
+            sync()
             start = time.perf_counter()
             step()
+            sync()
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["plain"][1:])
     print(f"{'path':<16}{'min s':>8}{'median s':>10}{'plain / this':>14}")
@@ -105,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            runners["project-zero0"]()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            runners[f"project-zero{stages[0]}"]()
+            sync()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 
