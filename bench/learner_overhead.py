@@ -3,8 +3,9 @@
     python bench/learner_overhead.py --steps 6 [--model default] [--pairs 4]
     python bench/learner_overhead.py --device cuda --dtype bfloat16 --pairs 32 --profile   # on a GPU
 
-Times one optimizer step of SimPO on the same pairs four ways, in this one process (gloo, world
-size 1), alternating them step by step, the first step of each excluded (CPU and fp32 by default; `--device cuda --dtype bfloat16` on a GPU):
+Times one optimizer step of SimPO on the same pairs four ways, in this one process (world size
+1), alternating them step by step, the first step of each excluded (CPU and fp32 by default;
+``--device cuda --dtype bfloat16`` on a GPU, where stage 0 is left out):
 
 - ``plain``: what a hand-written loop does: HF forward over every position, full-vocabulary
   log-softmax, SimPO loss, backward, clip, torch AdamW.
