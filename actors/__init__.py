@@ -9,7 +9,8 @@
 | common.py       | device, backend, dtype, DeepSpeed import and process-group set-up       |
 | generator.py    | GeneratorActor: a vLLM engine                                           |
 | reward_model.py | a reward model served as an actor                                       |
-| weight_sync.py  | learner -> generator weight transports                                  |
+| weight_sync/    | learner -> generator weight sync: transport interface, wire format,      |
+|                 | one module per backend (shared_memory, broadcast, object_store, auto)    |
 
 Importing ``actors`` itself imports nothing heavy; import the module you need.
 """

@@ -155,6 +155,11 @@ class LearnerActor(WeightSenderMixin):
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=make_scheduler, config=self._ds_config()
         )
+        if self.world_size == 1 and int(cfg["zero_stage"]) == 0:
+            # One rank has nothing to average: DeepSpeed would still flatten every gradient into
+            # buckets, all-reduce them with itself and copy them back (profiled: the step's
+            # aten::cat/copy_ time). A hand-written loop does none of it.
+            self.engine.enable_backward_allreduce = False
         if cfg["reference_colocated"]:
             self.reference = self._frozen_copy()
         return {
@@ -418,29 +423,20 @@ class LearnerActor(WeightSenderMixin):
         zero = self._deepspeed.zero
         return lambda params: zero.GatheredParameters(params, modifier_rank=None)
 
-    def iter_state(self, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-        """``(hf_name, tensor)`` pairs of the full merged model, module by module (see ``model_io``).
+    def iter_state(self, device: str = "cpu", copy: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(hf_name, tensor)`` pairs of the full merged model on ``device``, module by module (see ``model_io``).
 
         A local generator for code running inside this actor (e.g. a weight-sync transport that
         sends bucket by bucket). Under ZeRO-3 every rank must iterate it in step; every rank
-        gets the full tensors.
+        gets the full tensors. ``copy=False``: where the full tensors already live on this rank
+        (ZeRO 0-2, no LoRA) they come as views of the parameters (``.to(device)``: no copy when
+        already there), valid until the next optimizer step; elsewhere they are copies as usual.
         """
         self._require_setup()
+        if not copy and self._gather() is None and int(self.cfg["lora_r"]) == 0:
+            state = model_io.unwrap(self.engine.module).state_dict()  # the names and order of iter_full_state
+            return ((name, tensor.to(device)) for name, tensor in state.items())
         return model_io.iter_full_state(self.engine.module, self._gather(), device)
-
-    def iter_state_buckets(self, bucket_bytes: int = 256 << 20,
-                           device: str = "cpu") -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """``iter_state`` grouped into lists of about ``bucket_bytes`` (a tensor is never split)."""
-        bucket: list[tuple[str, torch.Tensor]] = []
-        size = 0
-        for name, tensor in self.iter_state(device):
-            bucket.append((name, tensor))
-            size += tensor.numel() * tensor.element_size()
-            if size >= bucket_bytes:
-                yield bucket
-                bucket, size = [], 0
-        if bucket:
-            yield bucket
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full HF-named state dict (LoRA merged, ``lm_head.weight`` even when tied) on rank 0, else None.

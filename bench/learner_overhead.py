@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                "train_batch_size": a.pairs, "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
                "zero_allow_untested_optimizer": True, "steps_per_print": 1 << 30}
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+        engine.enable_backward_allreduce = stage > 0  # as the learner does at one rank, ZeRO-0
 
         def step():
             out = model_io.policy_output(engine, batch, "token_logps", pack=True)

@@ -1,4 +1,4 @@
-"""Learner -> generator weight sync, both transports, on the tiny Llama with real vLLM engines.
+"""Learner -> generator weight sync, every transport, on the tiny Llama with real vLLM engines.
 
 The sender is a small Ray actor holding a transformers copy of the model and using
 ``WeightSenderMixin`` exactly as the learner does; it is perturbed with a seeded noise that this
@@ -7,6 +7,8 @@ test reproduces locally, so the expected log-probs come from transformers with t
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 import time
 
@@ -27,7 +29,10 @@ def _perturbed(state: dict, seed: int) -> dict:
 
 
 class HFSender:
-    """A learner stand-in: ``rank`` and ``iter_state()`` over a transformers model, plus ``perturb``."""
+    """A learner stand-in: ``rank`` and ``iter_state()`` over a transformers model, plus ``perturb``.
+
+    Like the learner with ZeRO 0-2, ``copy=False`` gives views of the live parameters.
+    """
 
     rank = 0
 
@@ -40,8 +45,8 @@ class HFSender:
     def perturb(self, seed: int) -> None:
         self.model.load_state_dict(_perturbed(self.base, seed))
 
-    def iter_state(self):
-        return iter(self.model.state_dict().items())
+    def iter_state(self, device: str = "cpu", copy: bool = True):
+        return ((k, v.to(device, copy=copy)) for k, v in self.model.state_dict().items())
 
 
 def _sender_actor(ray, model_path: str):
@@ -101,7 +106,10 @@ def _check_serves(env, ray, state: dict, version: int) -> None:
         assert changed  # greedy generation follows the new weights
 
 
-@pytest.mark.parametrize("backend", ["object_store", "broadcast"])
+BACKENDS = ["object_store", "broadcast", "shared_memory"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sync_makes_generators_serve_new_weights(ray_cluster, env, backend):
     from actors.weight_sync import SyncStats, make_transport
 
@@ -111,20 +119,41 @@ def test_sync_makes_generators_serve_new_weights(ray_cluster, env, backend):
         base = env["base"]
         expected_bytes = sum(v.numel() * v.element_size() for v in base.values())
         # two syncs in a row on the same prompts: the second must not be served from the prefix cache
+        # (and shared_memory rewrites the same file in place, which the generators keep mapped)
         for seed in (1, 2):
-            version = 10 * seed + (backend == "broadcast")
+            version = 10 * seed + BACKENDS.index(backend)
             ray_cluster.get(env["sender"].perturb.remote(seed), timeout=TIMEOUT)
             stats = transport.sync(version)
             assert isinstance(stats, SyncStats)
             assert (stats.tensors, stats.bytes) == (len(base), expected_bytes)
             assert 0 < stats.seconds < 60
+            assert 0 < stats.phases["vllm_reload"] <= stats.phases["load"] < stats.seconds
             _check_serves(env, ray_cluster, _perturbed(base, seed), version)
     finally:
         transport.close()
 
 
-def test_tied_head_is_rebuilt_from_the_embeddings(ray_cluster, tiny_model, tmp_path):
-    """A tied model: broadcast skips ``lm_head.weight`` (it shares the embeddings); the generator rebuilds it."""
+def test_auto_picks_shared_memory_on_one_node_and_removes_its_file(ray_cluster, env):
+    from actors.weight_sync import make_transport
+
+    pid = ray_cluster.get(env["sender"].__ray_call__.remote(lambda _actor: os.getpid()), timeout=TIMEOUT)
+    files = f"/dev/shm/rlhf-weights-{pid}-*"
+    transport = make_transport("auto", timeout_s=60)
+    transport.setup([env["sender"]], env["gens"])
+    try:
+        assert transport.backend == "shared_memory"
+        ray_cluster.get(env["sender"].perturb.remote(4), timeout=TIMEOUT)
+        transport.sync(40)
+        assert len(glob.glob(files)) == 1
+        _check_serves(env, ray_cluster, _perturbed(env["base"], 4), 40)
+    finally:
+        transport.close()
+    assert glob.glob(files) == []
+
+
+@pytest.mark.parametrize("backend", ["broadcast", "shared_memory"])
+def test_tied_head_is_rebuilt_from_the_embeddings(ray_cluster, tiny_model, tmp_path, backend):
+    """A tied model: ``lm_head.weight`` is not sent (it shares the embeddings); the generator rebuilds it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     from actors.generator import GeneratorActor
@@ -142,7 +171,7 @@ def test_tied_head_is_rebuilt_from_the_embeddings(ray_cluster, tiny_model, tmp_p
     config = {"model_path": str(tmp_path), "max_model_len": 128, "kv_cache_bytes": 128 << 20}
     gen = ray_cluster.remote(GeneratorActor).options(num_cpus=1).remote(0, config)
     sender = _sender_actor(ray_cluster, str(tmp_path))
-    transport = make_transport("broadcast", timeout_s=60)
+    transport = make_transport(backend, timeout_s=60)
     try:
         ray_cluster.get(sender.perturb.remote(3), timeout=TIMEOUT)
         transport.setup([sender], [gen])
@@ -177,8 +206,8 @@ def test_failures_name_the_actor(ray_cluster, env):
     broadcast.close()
 
     # absent: generator 1 never joins -> the group is not formed, and the error says who is missing
-    host, port = ray_cluster.get(sender.open_weight_group.remote(names[1:], timeout, "gloo"), timeout=TIMEOUT)
-    join = gens[0].join_weight_group.remote(host, port, 1, names, timeout, "gloo")
+    host, port, secret = ray_cluster.get(sender.open_weight_group.remote(names[1:], timeout, "gloo"), timeout=TIMEOUT)
+    join = gens[0].join_weight_group.remote(host, port, 1, names, timeout, "gloo", secret)
     refs = [sender.connect_weight_group.remote(), join]
     start = time.monotonic()
     with pytest.raises(Exception, match="never joined: generator 1"):
@@ -188,7 +217,7 @@ def test_failures_name_the_actor(ray_cluster, env):
     assert time.monotonic() - start < timeout + 5
 
     # dead: generator 1 is killed after set-up -> each transport's sync names it
-    transports = [make_transport(name, timeout_s=timeout) for name in ("object_store", "broadcast")]
+    transports = [make_transport(name, timeout_s=timeout) for name in BACKENDS]
     for transport in transports:
         transport.setup([sender], gens)
     ray_cluster.kill(gens[1])
@@ -200,5 +229,137 @@ def test_failures_name_the_actor(ray_cluster, env):
         transport.close()
     with pytest.raises(WeightSyncError, match="generator at position 1 failed: the actor died"):
         transports[0].setup([sender], gens)
-    with pytest.raises(ValueError, match="unknown weight-sync transport 'nccl'; valid: broadcast, object_store"):
+    with pytest.raises(ValueError, match="unknown weight-sync transport 'nccl'; valid: auto, broadcast, object_store, "
+                                         "shared_memory"):
         make_transport("nccl")
+
+
+def test_wait_named_names_the_silent_and_the_failed():
+    """The one wait helper on non-Ray pendings (store keys): silent ones by name, failures with their error."""
+    from actors.weight_sync import WeightSyncError, wait_named
+
+    class Key:
+        def __init__(self, after_s: float | None, error: str | None = None):
+            self.at = None if after_s is None else time.monotonic() + after_s
+            self.error = error
+
+        def done(self):
+            return self.at is not None and time.monotonic() >= self.at
+
+        def result(self):
+            if self.error:
+                raise WeightSyncError(self.error)
+            return "ok"
+
+    assert wait_named([("a", Key(0.0)), ("b", Key(0.05))], 2.0, "acks") == ["ok", "ok"]
+    with pytest.raises(WeightSyncError, match=r"^acks: never joined: b, c$"):
+        wait_named([("a", Key(0.0)), ("b", Key(None)), ("c", Key(None))], 0.2, "acks", silent="never joined")
+    start = time.monotonic()
+    with pytest.raises(WeightSyncError, match=r"^acks: b failed: bad bytes; still running: c$"):
+        wait_named([("a", Key(0.0)), ("b", Key(0.0, "bad bytes")), ("c", Key(None))], 60, "acks", settle_s=0.2)
+    assert time.monotonic() - start < 5
+    assert wait_named([("a", Key(None))], 0.1, "close", strict=False) == [None]
+
+
+def test_shared_file_is_rewritten_in_place_and_remade_when_the_layout_changes():
+    """Learner-side writer on plain tensors: same layout -> same file; a new tensor -> a new file, old one gone."""
+    from actors.weight_sync.endpoints import WeightSenderMixin
+    from actors.weight_sync.shared_memory import SharedFile
+    from actors.weight_sync.wire import unpack
+
+    class Host(WeightSenderMixin):
+        rank = 0
+        state: dict = {}
+
+        def iter_state(self, device="cpu", copy=True):
+            return iter(self.state.items())
+
+    host = Host()
+    host.state = {"a": torch.arange(10, dtype=torch.float32), "b": torch.ones(3, 5, dtype=torch.bfloat16),
+                  "c": torch.tensor([True, False])}
+    first = host.write_shared_weights(1)
+    host.state["a"] += 1
+    second = host.write_shared_weights(2)
+    assert second["path"] == first["path"] and second["entries"] == first["entries"]
+    host.state["d"] = torch.full((7,), 3, dtype=torch.int64)
+    third = host.write_shared_weights(3)
+    assert third["path"] != first["path"] and not os.path.exists(first["path"])
+    fourth = host.write_shared_weights(4, fresh=True)
+    assert fourth["path"] != third["path"] and not os.path.exists(third["path"])
+    reader = SharedFile(fourth["path"], fourth["size"])
+    got = dict(unpack(reader.tensor, fourth["entries"]))
+    assert list(got) == ["a", "b", "c", "d"] and fourth["tensors"] == 4
+    for name, tensor in host.state.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor)
+    del got
+    reader.close()
+    host.close_weight_group()
+    assert not os.path.exists(fourth["path"])
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_learner_sends_what_it_would_save(ray_cluster, tiny_model, stage):
+    """The real learner (2 ranks): the shared file holds exactly ``full_state_dict()`` (views under
+    ZeRO 0-2, gathered copies under ZeRO-3; every rank takes part)."""
+    from actors.group import start_learners
+    from actors.weight_sync.shared_memory import SharedFile
+    from actors.weight_sync.wire import unpack
+
+    config = {"model_path": tiny_model, "zero_stage": stage, "seed": 0, "timeout_s": 120}
+    group = start_learners(2, config, timeout_s=300)
+    try:
+        where, nothing = group.call("write_shared_weights", 1)
+        assert nothing is None
+        state = group.call("full_state_dict")[0]
+        reader = SharedFile(where["path"], where["size"])
+        got = dict(unpack(reader.tensor, where["entries"]))
+        assert set(got) == set(state) - ({"lm_head.weight"} if "lm_head.weight" not in got else set())
+        for name, tensor in got.items():
+            assert torch.equal(tensor, state[name]), name
+        del got, tensor
+        reader.close()
+        group.call("close_weight_group")
+        assert not os.path.exists(where["path"])
+    finally:
+        group.shutdown()
+
+
+def test_auto_falls_back_to_broadcast_across_nodes_and_on_gpu(monkeypatch):
+    """A generator on another Ray node (or device cuda) -> broadcast; shared_memory refuses, naming it."""
+    from actors.weight_sync import auto, make_transport, shared_memory
+
+    nodes = {"learner rank 0": "node-a", "generator 0": "node-a", "generator 1": "node-b"}
+    for module in (auto, shared_memory):
+        monkeypatch.setattr(module, "generator_names", lambda gens, _t: [f"generator {i}" for i in range(len(gens))])
+        monkeypatch.setattr(module, "node_ids", lambda named, _t: [nodes[name] for name, _ in named])
+    with pytest.raises(ValueError, match="needs every generator on learner rank 0's node; generator 1 run elsewhere"):
+        make_transport("shared_memory", timeout_s=5).setup(["learner"], ["g0", "g1"])
+
+    chosen = []
+    monkeypatch.setattr(auto.BroadcastTransport, "setup", lambda self, *_: chosen.append(("broadcast", self.backend)))
+    monkeypatch.setattr(auto.SharedMemoryTransport, "setup", lambda self, *_: chosen.append(("shared_memory", None)))
+    for device, gens in (("cpu", ["g0", "g1"]), ("cuda", ["g0"]), ("cpu", ["g0"])):
+        transport = make_transport("auto", timeout_s=5, device=device)
+        transport.setup(["learner"], gens)
+        assert transport.backend == chosen[-1][0]
+    assert chosen == [("broadcast", "gloo"), ("broadcast", "nccl"), ("shared_memory", None)]
+
+
+def test_weight_store_listens_on_the_cluster_address_and_needs_the_group_secret():
+    """The store is bound to the node's cluster address only; a member without the secret never joins."""
+    import socket
+
+    from actors.weight_sync.broadcast import WeightGroup
+
+    group, host, port, secret = WeightGroup.open_source(["generator 0"], 3.0, "gloo")
+    try:
+        assert len(secret) == 32
+        if host not in ("127.0.0.1", "localhost"):
+            with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass  # nothing listens on loopback: the store is bound to the cluster address only
+        outsider = WeightGroup.join.__func__  # a stranger who guesses the address but not the secret
+        with pytest.raises(Exception, match="not formed within"):
+            outsider(WeightGroup, host, port, 1, ["learner rank 0", "generator 0"], 2.0, "gloo", "wrong-secret")
+        assert not group.store.check(["joined/1"])  # the source never saw it join
+    finally:
+        group.close()
