@@ -1,4 +1,4 @@
-"""ActorGroup: N Ray actors of one class in one placement group, called together with timeouts.
+"""ActorGroup: N Ray actors of one class in one placement group (``actors.placement``), called together with timeouts.
 
 Every wait here is bounded: the placement group (resources), the actors' construction, and each
 fan-out call. A timeout or a failure is one line that names the actor class, the rank(s) and the
@@ -13,13 +13,12 @@ collective that will never complete: shut the group down then).
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.placement import Placement, RoleResources, actor_nodes, place
 
 
 class ActorCallError(RuntimeError):
@@ -46,14 +45,17 @@ class ActorGroup:
         cls: a plain class (it is wrapped with ``ray.remote`` here).
         n: number of actors (ranks).
         make_args: rank -> constructor arguments.
-        num_cpus, num_gpus: resources of each actor (one bundle each).
+        num_cpus, num_gpus: resources of each actor (one bundle each); ``num_gpus`` may be a fraction.
+        resources: Ray custom resources of each actor, e.g. ``{"node_a": 1}`` (``actors.placement``).
         name: shown in errors; the placement group is named after it (plus a unique suffix).
         strategy: placement strategy, ``PACK`` (default), ``SPREAD``, ``STRICT_PACK`` or ``STRICT_SPREAD``.
         timeout_s: default limit for the placement group, the actors' start and every call.
+        placement_timeout_s: limit for the placement group alone (None: ``timeout_s``).
     """
 
     def __init__(self, cls: type, n: int, make_args: Callable[[int], tuple], num_cpus: float = 1,
-                 num_gpus: float = 0, name: str = "", strategy: str = "PACK", timeout_s: float = 600):
+                 num_gpus: float = 0, name: str = "", strategy: str = "PACK", timeout_s: float = 600,
+                 resources: Mapping[str, float] | None = None, placement_timeout_s: float | None = None):
         if n < 1:
             raise ValueError(f"an actor group needs at least one actor, got n={n}")
         self.cls_name = cls.__name__
@@ -62,42 +64,23 @@ class ActorGroup:
         self.timeout_s = float(timeout_s)
         self.actors: list[Any] = []
         self.info: list[Any] = []
-        self.pg = None
-        self.pg = self._reserve(n, num_cpus, num_gpus, strategy)
+        self.placement: Placement | None = None
+        spec = RoleResources(float(num_cpus), float(num_gpus), dict(resources or {}), strategy)
+        wait_s = self.timeout_s if placement_timeout_s is None else float(placement_timeout_s)
+        self.placement = place(self.name, n, spec, wait_s)
         try:
-            remote_cls = ray.remote(cls)
-            for rank in range(n):
-                options = {
-                    "num_cpus": num_cpus,
-                    "num_gpus": num_gpus,
-                    "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                        placement_group=self.pg, placement_group_bundle_index=rank
-                    ),
-                }
-                self.actors.append(remote_cls.options(**options).remote(*make_args(rank)))
+            remote = ray.remote(cls)
+            for rank in range(n):  # appended one by one: a failure part-way still shuts down the started ones
+                self.actors.append(remote.options(**self.placement.options(rank)).remote(*make_args(rank)))
             self._wait([a.__ray_ready__.remote() for a in self.actors], "__init__", self.timeout_s)
         except BaseException:
             self.shutdown()
             raise
 
-    def _reserve(self, n: int, num_cpus: float, num_gpus: float, strategy: str):
-        bundle = {"CPU": float(num_cpus)}
-        if num_gpus:
-            bundle["GPU"] = float(num_gpus)
-        name = f"{self.name}-{uuid.uuid4().hex[:8]}"
-        pg = placement_group([dict(bundle) for _ in range(n)], strategy=strategy, name=name)
-        try:
-            ray.get(pg.ready(), timeout=self.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(pg)
-            total, free = ray.cluster_resources(), ray.available_resources()
-            gpus = f" and {n * num_gpus:g} GPUs" if num_gpus else ""
-            raise TimeoutError(
-                f"{self.name}: waited {self.timeout_s:g} s for {n} x {bundle} ({n * num_cpus:g} CPUs{gpus}, "
-                f"strategy {strategy}); cluster has {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs "
-                f"({free.get('CPU', 0):g} CPUs, {free.get('GPU', 0):g} GPUs free)"
-            ) from None
-        return pg
+    @property
+    def pg(self) -> Any:
+        """The group's placement group (None once shut down, or when its actors ask for no resource)."""
+        return self.placement.pg if self.placement is not None else None
 
     def __len__(self) -> int:
         return self.n
@@ -161,27 +144,34 @@ class ActorGroup:
             except Exception:  # noqa: BLE001 - an actor that already died is fine
                 pass
         self.actors = []
-        if self.pg is not None:
-            try:
-                remove_placement_group(self.pg)
-            except Exception:  # noqa: BLE001 - already removed
-                pass
-            self.pg = None
+        if self.placement is not None:
+            self.placement.release()
+
+    def nodes(self, role: str | None = None, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """``[{"role", "rank", "node_id"}]`` of this group's actors (``role`` defaults to the group's name)."""
+        timeout = self.timeout_s if timeout_s is None else float(timeout_s)
+        return actor_nodes({role or self.name: self.actors}, timeout)
 
 
 def start_learners(n: int, config: dict[str, Any], timeout_s: float = 600, num_cpus: float = 1,
-                   strategy: str = "PACK") -> ActorGroup:
+                   strategy: str = "PACK", num_gpus: float | None = None,
+                   resources: Mapping[str, float] | None = None,
+                   placement_timeout_s: float | None = None) -> ActorGroup:
     """Start ``n`` learner ranks and form their process group; returns the ready group.
 
     Rank 0 picks an address, every rank joins it in ``setup``; ``group.info`` holds each rank's
-    setup result. One GPU per actor when ``config["device"] == "cuda"``.
+    setup result. ``num_gpus`` None: one GPU per actor when ``config["device"] == "cuda"``, else none.
+    ``resources``: custom resources per rank (e.g. ``{"node_a": 1}``); see ``actors.placement``.
+    ``placement_timeout_s``: how long to wait for the ranks' resources (None: ``timeout_s``).
     """
     from actors.learner import LearnerActor, resolve_config
 
     resolved = resolve_config(config)  # fail here, in the driver, on a bad config
-    num_gpus = 1 if resolved["device"] == "cuda" else 0
+    if num_gpus is None:
+        num_gpus = 1 if resolved["device"] == "cuda" else 0
     group = ActorGroup(LearnerActor, n, lambda rank: (rank, n, dict(config)), num_cpus=num_cpus,
-                       num_gpus=num_gpus, name="learner", strategy=strategy, timeout_s=timeout_s)
+                       num_gpus=num_gpus, name="learner", strategy=strategy, timeout_s=timeout_s,
+                       resources=resources, placement_timeout_s=placement_timeout_s)
     try:
         host, port = group.call_rank(0, "address")
         group.info = group.call("setup", host, port)

@@ -9,10 +9,17 @@ class; the driver makes it remote (``ray.remote(RewardModelActor)``).
 ``reward_model_reward(handle, timeout_s)`` turns such an actor into a batch reward
 ``(completions, rows) -> list[float]`` that ``rlhf.rewards.score_samples`` accepts beside the
 per-sample rule rewards, e.g. ``load_rewards([reward_model_reward(rm, 120), "format_reward"])``.
+
+``RewardModelService`` is the restartable form the driver uses: it owns the actor, and when the
+actor dies (its process killed, out of memory) it starts a new one from the same config, at
+most ``max_restarts`` times, and scores the same batch again. ``reward_model_reward`` accepts
+either a plain actor handle (a death is then one error naming the actor) or a service.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
@@ -132,32 +139,116 @@ class RewardModelActor:
         return policy_output(self.model, batch, "score").cpu().tolist()  # [B] float32
 
 
-def reward_model_reward(actor_handle: Any, timeout_s: float, name: str = "reward_model") -> Callable[..., list[float]]:
-    """A batch reward ``(completions, rows) -> list[float]`` that asks a ``RewardModelActor``.
-
-    For sample ``i`` the prompt is ``rows[i]["prompt_ids"]`` when present (what the policy saw),
-    else ``rows[i]["prompt"]`` (text or chat messages); the completion is
-    ``rows[i]["completion_ids"]`` when present, else ``completions[i]``. A call that takes longer
-    than ``timeout_s`` raises a TimeoutError naming the actor (``name``).
-    """
+def _score_once(handle: Any, prompts: list, targets: list, timeout_s: float, name: str) -> list[float]:
+    """One ``score`` call under ``timeout_s``; a death of the actor passes through as ``RayActorError``."""
     import ray
     from ray.exceptions import GetTimeoutError
 
+    ref = handle.score.remote(prompts, targets)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        ray.cancel(ref)
+        raise TimeoutError(
+            f"reward model actor {name!r} did not score {len(prompts)} samples within {timeout_s} s"
+        ) from None
+
+
+def _died(err: BaseException) -> str:
+    """``ActorDiedError: <first line>`` of a Ray actor error."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'the actor died'}"
+
+
+class RewardModelService:
+    """A ``RewardModelActor`` that is started again when it dies, at most ``max_restarts`` times.
+
+    ``config``: the actor's config (see ``RewardModelActor``); ``options``: its Ray options
+    (``num_cpus``, ``num_gpus``); ``timeout_s`` bounds a (re)start and every ``score`` call;
+    ``limit_name``: the setting that ``max_restarts`` comes from, named in the error when the
+    restarts are used up. ``restarts`` counts the restarts so far. A restart prints one
+    ``warning:`` line on stderr.
+    """
+
+    def __init__(self, config: Mapping[str, Any], options: Mapping[str, Any], max_restarts: int,
+                 timeout_s: float, limit_name: str = "max_restarts") -> None:
+        self.config, self.options = dict(config), dict(options)
+        self.max_restarts, self.timeout_s, self.limit_name = int(max_restarts), float(timeout_s), limit_name
+        self.restarts = 0
+        self.handle = self._launch()
+
+    def _launch(self) -> Any:
+        import ray
+
+        return ray.remote(RewardModelActor).options(**self.options).remote(self.config)
+
+    def score(self, prompts: list, targets: list, timeout_s: float | None = None,
+              name: str = "reward_model") -> list[float]:
+        """``RewardModelActor.score`` on the live actor; if it died, on a new one (the same batch)."""
+        import ray
+
+        while True:
+            try:
+                return _score_once(self.handle, prompts, targets, self.timeout_s if timeout_s is None else timeout_s,
+                                   name)
+            except ray.exceptions.RayActorError as err:
+                self.restart(err, name)
+
+    def restart(self, err: BaseException, name: str = "reward_model") -> None:
+        """Replace the dead actor by a new one and wait until it has loaded; refuse past ``max_restarts``."""
+        import ray
+
+        why = _died(err)
+        if self.restarts >= self.max_restarts:
+            raise RuntimeError(
+                f"RewardModelActor {name!r} died ({why}) after {self.restarts} restart(s); "
+                f"{self.limit_name}={self.max_restarts} allows no more"
+            ) from None
+        self.restarts += 1
+        print(f"warning: RewardModelActor {name!r} died ({why}); restarting it "
+              f"(restart {self.restarts} of {self.limit_name}={self.max_restarts})", file=sys.stderr, flush=True)
+        self.kill()
+        self.handle = self._launch()
+        try:
+            ray.get(self.handle.__ray_ready__.remote(), timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"RewardModelActor {name!r} did not restart within {self.timeout_s:g} s") from None
+        except ray.exceptions.RayError as again:
+            raise RuntimeError(f"RewardModelActor {name!r} could not restart: {_died(again)}") from None
+
+    def kill(self) -> None:
+        """End the current actor (an actor that already died is fine)."""
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(self.handle)
+
+
+def reward_model_reward(actor: Any, timeout_s: float, name: str = "reward_model") -> Callable[..., list[float]]:
+    """A batch reward ``(completions, rows) -> list[float]`` that asks a ``RewardModelActor``.
+
+    ``actor``: a ``RewardModelActor`` handle, or a ``RewardModelService`` (restarted when it dies;
+    the batch is then scored again). For sample ``i`` the prompt is ``rows[i]["prompt_ids"]`` when
+    present (what the policy saw), else ``rows[i]["prompt"]`` (text or chat messages); the
+    completion is ``rows[i]["completion_ids"]`` when present, else ``completions[i]``. A call that
+    takes longer than ``timeout_s`` raises a TimeoutError naming the actor (``name``).
+    """
+
     def reward(completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+        import ray
+
         prompts = []
         for i, row in enumerate(rows):
             if "prompt_ids" not in row and "prompt" not in row:
                 raise KeyError(f"row {i} has neither 'prompt_ids' nor 'prompt' for the reward model {name!r}")
             prompts.append(row["prompt_ids"] if "prompt_ids" in row else row["prompt"])
         targets = [row.get("completion_ids", c) for c, row in zip(completions, rows)]
-        ref = actor_handle.score.remote(prompts, targets)
+        if isinstance(actor, RewardModelService):
+            return actor.score(prompts, targets, timeout_s, name)
         try:
-            return ray.get(ref, timeout=timeout_s)
-        except GetTimeoutError:
-            ray.cancel(ref)
-            raise TimeoutError(
-                f"reward model actor {name!r} did not score {len(prompts)} samples within {timeout_s} s"
-            ) from None
+            return _score_once(actor, prompts, targets, timeout_s, name)
+        except ray.exceptions.RayActorError as err:
+            raise RuntimeError(f"RewardModelActor {name!r} died ({_died(err)})") from None
 
     reward.__name__ = reward.__qualname__ = name
     return batched(reward)

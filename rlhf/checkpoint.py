@@ -355,6 +355,7 @@ def load_rng(folder: str | Path, name: str = "driver") -> dict[str, Any]:
 RESUME_MAY_CHANGE: dict[str, str] = {
     "output_dir": "where the run folder lives (a moved or copied run resumes from its new place)",
     "ray_address": "which cluster runs it",
+    "cluster": "which nodes and resources each role's actors use; no value computed depends on it",
     "timeout_s": "a time limit on remote calls; no value computed depends on it",
     "progress": "the progress bar",
     "logging": "where metrics are sent besides metrics.jsonl",

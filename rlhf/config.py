@@ -117,7 +117,7 @@ class GeneratorConfig:
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
-    sync: Literal["broadcast", "object_store"] = "broadcast"
+    sync: Literal["auto", "shared_memory", "broadcast", "object_store"] = "auto"  # auto: shared memory on one node
     bucket_mb: int = 64
     max_restarts: int = 2  # a generator actor that dies is restarted this many times per run
     truncated: Literal["keep", "drop", "penalise"] = "keep"  # completions cut at max_tokens
@@ -155,6 +155,27 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class RoleClusterConfig:
+    """Where the actors of one role run (``actors.placement``). Each actor is one placement-group bundle."""
+
+    num_gpus: float | None = None  # per actor; None: 1 on cuda (engine: tensor_parallel_size), 0 on cpu; 0.5: half
+    num_cpus: float | None = None  # per actor; None: train.cpus_per_actor (generators: cores // num_engines)
+    resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per actor, e.g. {node_a: 1}
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # how the role's bundles spread
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Resources and placement of each role's actors on the Ray cluster."""
+
+    learner: RoleClusterConfig = field(default_factory=RoleClusterConfig)
+    generator: RoleClusterConfig = field(default_factory=RoleClusterConfig)
+    reference: RoleClusterConfig = field(default_factory=RoleClusterConfig)
+    reward_model: RoleClusterConfig = field(default_factory=RoleClusterConfig)
+    timeout_s: float | None = None  # wait for a role's resources at most this long; None: the run's timeout_s
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One run. ``stages`` turns it into a schedule; otherwise ``algo`` is a one-stage schedule."""
 
@@ -168,6 +189,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     stages: tuple[Any, ...] = ()  # [{algo, steps, objective: {...}, train: {...}, ...}, ...]
     output_dir: str | None = None  # default: runs/<algo>
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -407,6 +429,28 @@ RANGES: tuple[tuple[str, Any, str], ...] = (
     ("checkpoint.keep", lambda v: v >= 1, ">= 1"),
     ("timeout_s", lambda v: _finite(v) and v > 0.0, "a finite number of seconds > 0"),
     ("eval_every", lambda v: v >= 0, ">= 0 (0: before and after only)"),
+    ("cluster.timeout_s", lambda v: _finite(v) and v > 0.0, "a finite number of seconds > 0"),
+)
+
+
+def _gpus_ok(v: float) -> bool:
+    return _finite(v) and v >= 0.0 and (v <= 1.0 or float(v).is_integer())
+
+
+def _resources_ok(v: dict[str, Any]) -> bool:
+    return all(isinstance(k, str) and k not in ("CPU", "GPU") and isinstance(x, int | float)
+               and not isinstance(x, bool) and _finite(x) and x >= 0 for k, x in v.items())
+
+
+RANGES += tuple(
+    check
+    for role in ("learner", "generator", "reference", "reward_model")
+    for check in (
+        (f"cluster.{role}.num_cpus", lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
+        (f"cluster.{role}.num_gpus", _gpus_ok, "a fraction of one GPU (e.g. 0.5) or a whole number of GPUs"),
+        (f"cluster.{role}.resources", _resources_ok,
+         "a mapping of custom resource names to numbers >= 0, e.g. {node_a: 1} (CPU, GPU: num_cpus / num_gpus)"),
+    )
 )
 
 

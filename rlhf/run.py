@@ -139,6 +139,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     from rlhf.models import load_tokenizer, resolve_model
 
     stages = build_schedule(cfg)
+    cfg, stages = _fit_local_gpus(cfg, stages)
     for stage in stages[1:]:  # before anything starts: stages share the live learners
         check_same_learners(stages[0].cfg, stage.cfg, stage.name)
     out = output_dir(cfg)
@@ -173,20 +174,39 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             if run.resume is not None:
                 _restore(session, checkpoint, state, load_rng, set_rng_state)
             summaries.append(run_stage(session, stage, stage_data, tokenizer, run))
+            _release_unneeded(session, stages[stage.index + 1 :])
         print(f"saving the model to {out / 'model'}")
         with atomic_dir(out / "model") as tmp:
             session.learners.save(str(tmp))
         started_actors = session.started_actors()
+        placement = session.actor_nodes()
     except BaseException as err:
         logger.close()
         raise _learner_death(err, out) from err
     finally:
         session.close()
     summary = {"stages": summaries, "wall_s": round(time.time() - started, 1), "output_dir": str(out),
-               "model": str(out / "model"), "actors": started_actors, "steps": session.steps}
+               "model": str(out / "model"), "actors": started_actors, "steps": session.steps,
+               "placement": placement}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _report(out, logger)
     return summary
+
+
+def _fit_local_gpus(cfg: RunConfig, stages: list[Any]) -> tuple[RunConfig, list[Any]]:
+    """On a private local cluster with CUDA, let roles share GPUs when there are too few (``rlhf.driver.fit``)."""
+    from rlhf.driver.session import resolve_device
+
+    if cfg.ray_address or resolve_device(cfg) != "cuda":
+        return cfg, stages
+    import torch
+
+    from rlhf.driver.fit import fit_to_gpus
+
+    fitted, changes = fit_to_gpus(cfg, stages, torch.cuda.device_count())
+    for change in changes:
+        print(f"fitting the run to this machine: {change}")
+    return (fitted, build_schedule(fitted)) if changes else (cfg, stages)
 
 
 def _stage_run(stage: Any, cfg: RunConfig, out: Path, progress: Any, logger: Any,
@@ -197,6 +217,15 @@ def _stage_run(stage: Any, cfg: RunConfig, out: Path, progress: Any, logger: Any
     return StageRun(index=stage.index, name=stage.name, out_dir=out, every=c.every, keep=c.keep,
                     max_bad_steps=t.max_bad_steps, progress=progress, logger=logger,
                     extra={"summaries": summaries})
+
+
+def _release_unneeded(session: Any, later: list[Any]) -> None:
+    """End the generators / reference when no later stage uses them (a schedule frees their memory)."""
+    online = any(get(s.cfg.algo).mode == "online" for s in later)
+    reference = any(get(s.cfg.algo).needs_reference(objective_params(s.cfg)) for s in later)
+    released = session.release(generators=not online, reference=not reference) if later else []
+    if released:
+        print(f"released the {' and '.join(released)}: no later stage needs them")
 
 
 def _start_stage(session: Any, stage: Any) -> None:

@@ -3,12 +3,25 @@
 This is the only module of ``rlhf`` that reaches ``actors`` (and so ray, deepspeed, vllm), and
 it does so lazily, inside methods. Learners start with the first stage and live until the
 run ends; a reference actor and the generators start the first time a stage needs them.
+
+Actor failures. A generator actor that dies (its process killed, out of memory) during a
+generation or a weight sync is replaced by a new one with the same index and config, the
+weight transport is formed again over every generator, the current weights are sent, and only
+the dead engine's prompts are generated again: the step goes on. The reward model actor is
+restarted the same way and the batch scored again (``actors.reward_model.RewardModelService``).
+Both are bounded by ``generator.max_restarts`` per run (``restarts`` counts them; each restart
+prints one ``warning:`` line). A learner that dies ends the run (``rlhf.run`` then names it and
+the ``--resume`` command); a weight sync that fails because a learner died says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import sys
+import threading
 from typing import Any
 
 import torch
@@ -16,11 +29,12 @@ import torch
 from rlhf.config import RunConfig
 
 log = logging.getLogger("rlhf")
+PROBE_S = 15.0  # after a failed call: how long an actor gets to show it is alive
 
 # Settings that shape the learner actors; stages share live learners, so these must not change.
 LEARNER_SHAPE = ("model.path", "model.dtype", "model.lora_r", "model.lora_alpha", "model.lora_dropout",
                  "model.gradient_checkpointing", "train.num_learners", "train.zero_stage", "train.num_cpus_per_actor",
-                 "train.grad_accum", "train.max_grad_norm", "train.weight_decay", "train.seed")
+                 "train.grad_accum", "train.max_grad_norm", "train.weight_decay", "train.seed", "cluster.learner")
 
 
 def resolve_device(cfg: RunConfig) -> str:
@@ -103,6 +117,10 @@ class Session:
         self.steps = 0  # steps run so far, all stages (a skipped step counts here, not in version)
         self.synced_version = -1  # version the generators hold
         self._pending_generators: list[Any] = []
+        self._generator_restarts = 0
+        self._placements: dict[str, Any] = {}  # role -> actors.placement.Placement (reserved bundles)
+        self._released: dict[str, int] = {}  # role -> actors ended early (no later stage needed them)
+        self._lock = threading.RLock()  # generate may run in a thread (generation ahead): one restart at a time
         prepare_environment(self.device)
         self._start_ray()
 
@@ -114,7 +132,11 @@ class Session:
             return
         env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "VLLM_ENABLE_V1_MULTIPROCESSING", "HF_HUB_OFFLINE",
                                            "TOKENIZERS_PARALLELISM", "RLHF_CACHE") if k in os.environ}
-        runtime_env = {"env_vars": env}
+        # Inside `ray job submit`, the job's runtime env already reaches every actor, and ray.init refuses
+        # to set again a variable it sets ("Failed to merge the Job's runtime env"): leave those to the job.
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        job_vars = (job.get("runtime_env") or {}).get("env_vars") or {}
+        runtime_env = {"env_vars": {k: v for k, v in env.items() if k not in job_vars}}
         if self.cfg.ray_address:
             ray.init(address=self.cfg.ray_address, runtime_env=runtime_env, log_to_driver=True)
         else:
@@ -134,9 +156,27 @@ class Session:
             self._launch_generators()
         if prestart_reference:
             self._launch_reference()
+        from actors.placement import role_resources
+
         config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head)
+        spec = role_resources(self.cfg, "learner", self.device)
         self.learners = LearnerGroup.start(self.cfg.train.num_learners, config, timeout_s=self.cfg.timeout_s,
-                                           num_cpus=self.cfg.train.cpus_per_actor)
+                                           num_cpus=spec.num_cpus, strategy=spec.strategy, num_gpus=spec.num_gpus,
+                                           resources=dict(spec.resources), placement_timeout_s=self._placement_wait)
+
+    @property
+    def _placement_wait(self) -> float:
+        """How long a role waits for its resources (``cluster.timeout_s``, else ``timeout_s``)."""
+        return self.cfg.cluster.timeout_s or self.cfg.timeout_s
+
+    def _place(self, role: str, n: int) -> Any:
+        """Reserve ``n`` bundles of ``role`` (``cluster.<role>`` over the defaults) once per run; a bounded wait."""
+        from actors.placement import place, role_resources
+
+        if role not in self._placements:
+            spec = role_resources(self.cfg, role, self.device)
+            self._placements[role] = place(role, n, spec, self._placement_wait)
+        return self._placements[role]
 
     def _launch_reference(self) -> None:
         if self.cfg.reference.colocated or self.reference is not None:
@@ -146,10 +186,8 @@ class Session:
         from actors.reference import ReferenceActor
 
         config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head)
-        remote = ray.remote(ReferenceActor).options(
-            num_cpus=self.cfg.train.cpus_per_actor, num_gpus=1.0 if self.device == "cuda" else 0.0,
-            name=None)
-        self.reference = remote.remote(config)
+        options = self._place("reference", 1).options(0)
+        self.reference = ray.remote(ReferenceActor).options(**options).remote(config)
 
     def start_reference(self) -> None:
         """A frozen copy of the initial model: co-located in the learners or its own actor."""
@@ -166,62 +204,179 @@ class Session:
         refs = [[self.reference.compute.remote(mb, "token_logps") for mb in mbs] for mbs in per_rank]
         return [[self._get(r, "ReferenceActor", "compute") for r in row] for row in refs]
 
-    def _launch_generators(self) -> None:
-        if self.generators or self._pending_generators:
-            return
+    def _launch_generator(self, index: int) -> Any:
+        """Start building generator ``index`` (a vLLM engine in its own actor); returns its handle."""
         import ray
 
         from actors.generator import GeneratorActor
 
-        g = self.cfg.generator
-        config = generator_config(self.cfg, self.model_path, self.device)
-        gpus = float(g.tensor_parallel_size) if self.device == "cuda" else 0.0
-        cpus = float(max(1, (os.cpu_count() or 1) // g.num_engines))  # generation and training alternate
-        remote = ray.remote(GeneratorActor).options(num_cpus=cpus, num_gpus=gpus)
-        self._pending_generators = [remote.remote(i, config) for i in range(g.num_engines)]
+        options = self._place("generator", self.cfg.generator.num_engines).options(index)  # a restart: same bundle
+        remote = ray.remote(GeneratorActor).options(**options)
+        return remote.remote(index, generator_config(self.cfg, self.model_path, self.device))
+
+    def _launch_generators(self) -> None:
+        if self.generators or self._pending_generators:
+            return
+        self._pending_generators = [self._launch_generator(i) for i in range(self.cfg.generator.num_engines)]
 
     def start_generators(self) -> None:
         """K vLLM engines, each in its own actor, and the weight transport to them."""
         if self.generators:
             return
-        from actors.weight_sync import make_transport
-
-        g = self.cfg.generator
         self._launch_generators()
         self.generators, self._pending_generators = self._pending_generators, []
         for i, handle in enumerate(self.generators):
             self._get(handle.ping.remote(), f"GeneratorActor[{i}]", "start")
-        self.transport = make_transport(g.sync, bucket_mb=g.bucket_mb, timeout_s=self.cfg.timeout_s,
-                                        device=self.device)
-        self.transport.setup(self.learners, self.generators)
+        self._connect_generators()
+
+    def _connect_generators(self) -> None:
+        """A new weight transport over every generator (a broadcast group cannot take in a new member)."""
+        from actors.weight_sync import make_transport
+
+        g = self.cfg.generator
+        if self.transport is not None:
+            with contextlib.suppress(Exception):  # a broken group (a member died) closes as far as it can
+                self.transport.close()
+            self.transport = None
+        transport = make_transport(g.sync, bucket_mb=g.bucket_mb, timeout_s=self.cfg.timeout_s, device=self.device)
+        transport.setup(self.learners, self.generators)
+        self.transport = transport
         self.synced_version = -1
 
     def sync_weights(self) -> dict[str, float]:
-        """Send the learner's weights to every generator; returns seconds and bytes."""
-        stats = self.transport.sync(self.version)
-        self.synced_version = self.version
-        return {"sync/seconds": float(stats.seconds), "sync/bytes": float(stats.bytes)}
+        """Send the learner's weights to every generator; returns seconds, bytes and the run's actor restarts.
+
+        A generator that died since the last call is replaced first (a sync to a dead member would
+        block the sender until the transport's timeout). A generator found dead after a failed sync
+        is replaced (with any generator that no longer answers: it is stuck in the broken group)
+        and the sync runs again.
+        """
+        with self._lock:
+            dead, _ = self._probe(self.generators)
+            if dead:
+                self._replace_generators(dead, "before a weight sync")
+            while True:
+                try:
+                    stats = self.transport.sync(self.version)
+                    break
+                except Exception as err:
+                    self._raise_if_learner_died(err, "sync_weights")
+                    lost = self._lost_generators()
+                    if not lost:
+                        raise
+                    self._replace_generators(lost, "during a weight sync")
+            self.synced_version = self.version
+        return {"sync/seconds": float(stats.seconds), "sync/bytes": float(stats.bytes),
+                "actors/restarts": float(sum(self.restarts.values()))}
 
     def generate(self, prompts: list[list[int]], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        """Shard ``prompts`` over the engines (contiguous slices); samples in prompt order."""
-        k = len(self.generators)
-        size = -(-len(prompts) // k)
-        parts = [(i, prompts[i * size : (i + 1) * size]) for i in range(k) if prompts[i * size : (i + 1) * size]]
-        refs = [(i, self.generators[i].generate.remote(p, sampling)) for i, p in parts]
-        out: list[list[dict[str, Any]]] = []
-        for i, ref in refs:
-            out.extend(self._get(ref, f"GeneratorActor[{i}]", "generate"))
-        return out
+        """Shard ``prompts`` over the engines (contiguous slices); samples in prompt order.
 
-    def start_reward_model(self, path: str) -> Any:
-        """A reward model trained by --algo rm, served by its own actor."""
+        An engine that dies is replaced, the current weights are synced into it (and the others: the
+        transport is formed again), and its shard is generated again. In the synchronous loop those
+        are the weights the other engines used; with generation ahead, the policy may have moved on.
+        """
         import ray
 
-        from actors.reward_model import RewardModelActor
+        k = len(self.generators)
+        size = -(-len(prompts) // k)
+        shards = {i: prompts[i * size : (i + 1) * size] for i in range(k) if prompts[i * size : (i + 1) * size]}
+        results: dict[int, list[list[dict[str, Any]]]] = {}
+        while shards:
+            refs = {i: self.generators[i].generate.remote(p, sampling) for i, p in shards.items()}
+            dead: dict[int, BaseException] = {}
+            for i, ref in refs.items():  # every live engine finishes its shard first
+                try:
+                    results[i] = self._get(ref, f"GeneratorActor[{i}]", "generate")
+                except ray.exceptions.RayActorError as err:
+                    dead[i] = err
+            shards = {i: shards[i] for i in dead}
+            if dead:
+                with self._lock:
+                    self._replace_generators(dead, "during generate")
+                    self.sync_weights()
+        return [samples for i in sorted(results) for samples in results[i]]
 
-        remote = ray.remote(RewardModelActor).options(num_cpus=self.cfg.train.cpus_per_actor,
-                                                      num_gpus=1.0 if self.device == "cuda" else 0.0)
-        self.reward_model = remote.remote({"model_path": path, "dtype": self.cfg.model.dtype, "device": self.device})
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Actor restarts so far in this run, by role."""
+        rm = getattr(self.reward_model, "restarts", 0)
+        return {"generators": self._generator_restarts, "reward_model": int(rm)}
+
+    def _replace_generators(self, lost: dict[int, BaseException], when: str) -> None:
+        """Start a new engine in place of each lost one (same index and config), then a new transport.
+
+        Raises a one-line RuntimeError once the run has used ``generator.max_restarts``.
+        """
+        import ray
+
+        limit = self.cfg.generator.max_restarts
+        for i, err in sorted(lost.items()):
+            why = _error_line(err)
+            if self._generator_restarts >= limit:
+                raise RuntimeError(
+                    f"GeneratorActor[{i}] died {when} ({why}); the run already restarted "
+                    f"{self._generator_restarts} generator(s) and generator.max_restarts={limit} allows no more"
+                ) from None
+            self._generator_restarts += 1
+            print(f"warning: GeneratorActor[{i}] died {when} ({why}); restarting it "
+                  f"(restart {self._generator_restarts} of generator.max_restarts={limit})",
+                  file=sys.stderr, flush=True)
+            with contextlib.suppress(Exception):  # already dead, or stuck: end it either way
+                ray.kill(self.generators[i])
+            self.generators[i] = self._launch_generator(i)
+        for i in sorted(lost):
+            try:
+                self._get(self.generators[i].ping.remote(), f"GeneratorActor[{i}]", "restart")
+            except ray.exceptions.RayActorError as err:
+                raise RuntimeError(f"GeneratorActor[{i}] could not restart: {_error_line(err)}") from None
+        self._connect_generators()
+
+    def _probe(self, handles: list[Any]) -> tuple[dict[int, BaseException], list[int]]:
+        """Which ``handles`` are dead (a no-op call fails with an actor error) and which did not answer
+        within a few seconds (busy or stuck)."""
+        import ray
+
+        if not handles:
+            return {}, []
+        refs = {h.__ray_ready__.remote(): i for i, h in enumerate(handles)}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=min(PROBE_S, self.cfg.timeout_s))
+        dead: dict[int, BaseException] = {}
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                dead[refs[ref]] = err
+        return dead, sorted(i for ref, i in refs.items() if ref not in ready)
+
+    def _lost_generators(self) -> dict[int, BaseException]:
+        """After a failed sync: the dead generators, plus those that no longer answer when any died."""
+        dead, silent = self._probe(self.generators)
+        if not dead:
+            return {}
+        stuck = TimeoutError(f"no answer within {min(PROBE_S, self.cfg.timeout_s):g} s after a failed weight sync")
+        return {**dead, **{i: stuck for i in silent}}
+
+    def _raise_if_learner_died(self, err: BaseException, method: str) -> None:
+        """Raise an ``ActorCallError`` naming the learner rank when one died (the run cannot go on)."""
+        from actors.group import ActorCallError
+
+        dead, _ = self._probe(list(self.learners.actors))
+        for rank, cause in sorted(dead.items()):
+            raise ActorCallError(f"LearnerActor[rank {rank}].{method} failed: {_error_line(cause)}", rank, method,
+                                 cause) from err
+
+    def start_reward_model(self, path: str) -> Any:
+        """A reward model trained by --algo rm, served by its own actor, restarted when it dies
+        (``generator.max_restarts`` bounds it too); pass it to ``reward_model_reward``."""
+        from actors.reward_model import RewardModelService
+
+        if self.reward_model is None:
+            self.reward_model = RewardModelService(
+                {"model_path": path, "dtype": self.cfg.model.dtype, "device": self.device},
+                self._place("reward_model", 1).options(0),
+                max_restarts=self.cfg.generator.max_restarts, timeout_s=self.cfg.timeout_s,
+                limit_name="generator.max_restarts")
         return self.reward_model
 
     def _get(self, ref: Any, actor: str, method: str) -> Any:
@@ -233,23 +388,77 @@ class Session:
             raise TimeoutError(f"{actor}.{method} did not answer within {self.cfg.timeout_s:.0f} s") from None
 
     def started_actors(self) -> dict[str, int]:
-        """How many actors of each role this run started."""
-        return {"learners": len(self.learners) if self.learners is not None else 0,
-                "reference": int(self.reference is not None), "generators": len(self.generators),
-                "reward_model": int(self.reward_model is not None)}
+        """How many actors of each role this run started (released ones included)."""
+        now = {"learners": len(self.learners) if self.learners is not None else 0,
+               "reference": int(self.reference is not None), "generators": len(self.generators),
+               "reward_model": int(self.reward_model is not None)}
+        return {k: max(v, self._released.get(k, 0)) for k, v in now.items()}
+
+    def release(self, generators: bool = False, reference: bool = False) -> list[str]:
+        """End the generators (and their weight transport) and/or the reference actor, when no later
+        stage needs them, so their memory and devices are free; returns the roles released."""
+        import ray
+
+        released = []
+        if generators and self.generators:
+            if self.transport is not None:
+                with contextlib.suppress(Exception):
+                    self.transport.close()
+                self.transport = None
+            self._released["generators"] = len(self.generators)
+            for handle in self.generators:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle)
+            self.generators, self.synced_version = [], -1
+            if "generator" in self._placements:
+                self._placements.pop("generator").release()
+            released.append("generators")
+        if reference and self.reference is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.reference)
+            self._released["reference"], self.reference = 1, None
+            if "reference" in self._placements:
+                self._placements.pop("reference").release()
+            released.append("reference")
+        return released
+
+    def actor_nodes(self) -> list[dict[str, Any]]:
+        """Where each live actor runs, ``[{"role", "rank", "node_id"}]`` (``actors.placement.actor_nodes``;
+        a dead or silent actor gets ``node_id: None`` and an ``error``, never an exception)."""
+        from actors.placement import actor_nodes
+
+        roles = {"learner": list(self.learners.actors) if self.learners is not None else [],
+                 "generator": list(self.generators),
+                 "reference": [self.reference] if self.reference is not None else [],
+                 "reward_model": [self.reward_model.handle] if self.reward_model is not None else []}
+        return actor_nodes({role: handles for role, handles in roles.items() if handles},
+                           timeout_s=min(60.0, self.cfg.timeout_s))
 
     def close(self) -> None:
         import ray
 
         if self.transport is not None:
-            self.transport.close()
-        for handle in [self.reference, self.reward_model, *self.generators, *self._pending_generators]:
+            with contextlib.suppress(Exception):  # a member may be dead: closing must not hide the run's error
+                self.transport.close()
+        if self.reward_model is not None:
+            self.reward_model.kill()
+        for handle in [self.reference, *self.generators, *self._pending_generators]:
             if handle is not None:
-                ray.kill(handle)
+                with contextlib.suppress(Exception):
+                    ray.kill(handle)
         if self.learners is not None:
             self.learners.shutdown()
+        for placement in self._placements.values():
+            placement.release()
+        self._placements = {}
         if ray.is_initialized() and not self.cfg.ray_address:
             ray.shutdown()
+
+
+def _error_line(err: BaseException) -> str:
+    """``TypeName: first line`` of an error (Ray's actor errors run over many lines)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def check_same_learners(first: RunConfig, stage: RunConfig, stage_name: str) -> None:

@@ -93,3 +93,15 @@ def test_generation_ahead_is_at_most_one_version_stale_and_logs_is_weights(tiny_
     assert "is/mean" not in steps[0]
     for r in steps[1:]:
         assert 0.0 < r["is/mean"] <= 2.0 and r["is/max"] > 0.0 and 0.0 <= r["is/truncated"] <= 1.0
+
+
+def test_generators_are_released_when_no_later_stage_needs_them(tiny_model, tmp_path, run_cli):
+    out = tmp_path / "release"
+    proc = run_cli("--schedule", "grpo:1,simpo:1", "--output-dir", str(out), "--model", tiny_model,
+                   "data.size=24", "data.eval_size=8", "generator.prompts_per_step=2", "generator.n=2",
+                   "generator.max_tokens=8", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "released the generators: no later stage needs them" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["actors"]["generators"] == 1  # started once, ended after the GRPO stage
+    assert [p["role"] for p in summary["placement"]] == ["learner"]

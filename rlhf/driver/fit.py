@@ -1,0 +1,51 @@
+"""Fit a run onto the GPUs of this machine: roles share a GPU when there are not enough of them.
+
+Only for a private local cluster on CUDA (``ray_address`` unset) and only where the user left the
+setting alone; every change is printed and lands in ``config.yaml``:
+
+- a reference model (DPO, KTO, a KL term) without a GPU of its own lives in the learners
+  (``reference.colocated=true``: a frozen copy on each learner's GPU);
+- online RL with fewer GPUs than learners + engines puts one learner and one vLLM engine on the
+  same GPU (``cluster.learner.num_gpus=0.5``, ``cluster.generator.num_gpus=0.5``) and caps vLLM's
+  share of its memory (``generator.gpu_memory_utilization`` at most 0.35, the KV cache included),
+  leaving the rest to the learner's weights, gradients and Adam state (a 135M model in bf16 with
+  fp32 master weights needs about 2.5 GB plus activations).
+
+Not yet verified on a GPU by this project (it had none when this was written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlhf.config import RunConfig
+
+SHARED_GPU_FRACTION = 0.5
+SHARED_VLLM_MEMORY = 0.35
+
+
+def fit_to_gpus(cfg: RunConfig, stages: list, gpus: int) -> tuple[RunConfig, list[str]]:
+    """``cfg`` adjusted for ``gpus`` local GPUs, and one line per change made."""
+    from rlhf.config import objective_params
+    from rlhf.objectives import get
+
+    changes: list[str] = []
+    t, c, g = cfg.train, cfg.cluster, cfg.generator
+    needs_ref = any(get(s.cfg.algo).needs_reference(objective_params(s.cfg)) for s in stages)
+    online = any(get(s.cfg.algo).mode == "online" for s in stages)
+    if needs_ref and not cfg.reference.colocated and c.reference.num_gpus is None and gpus < t.num_learners + 1:
+        cfg = dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, colocated=True))
+        changes.append(f"reference.colocated=true ({gpus} GPU(s): the reference lives in the learners)")
+    wanted = t.num_learners + g.num_engines * g.tensor_parallel_size
+    if (online and gpus < wanted and t.num_learners == 1 and g.num_engines == 1 and g.tensor_parallel_size == 1
+            and c.learner.num_gpus is None and c.generator.num_gpus is None):
+        share = {"num_gpus": SHARED_GPU_FRACTION}
+        cluster = dataclasses.replace(c, learner=dataclasses.replace(c.learner, **share),
+                                      generator=dataclasses.replace(c.generator, **share))
+        memory = min(g.gpu_memory_utilization, SHARED_VLLM_MEMORY)
+        cfg = dataclasses.replace(cfg, cluster=cluster,
+                                  generator=dataclasses.replace(g, gpu_memory_utilization=memory))
+        changes.append(f"cluster.learner.num_gpus={SHARED_GPU_FRACTION} cluster.generator.num_gpus="
+                       f"{SHARED_GPU_FRACTION} generator.gpu_memory_utilization={memory} "
+                       f"({gpus} GPU(s) for 1 learner + 1 vLLM engine: they share one)")
+    return cfg, changes
