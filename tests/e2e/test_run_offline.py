@@ -67,3 +67,18 @@ def test_malformed_data_row_names_file_row_field(tmp_path, tiny_model, run_cli):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "pairs.jsonl" in last and "row 1" in last and "rejected" in last
     assert "Traceback" not in proc.stderr
+
+
+def test_imported_objective_trains_in_the_learner_actors(tiny_model, tmp_path, run_cli):
+    """`--import examples.custom_objective --algo slic`: the Objective record reaches the learners."""
+    out = tmp_path / "slic"
+    proc = run_cli("--import", "examples.custom_objective", "--algo", "slic", "--max-steps", "2", "--output-dir",
+                   str(out), "--model", tiny_model, "data.size=48", "data.eval_size=8", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all("rewards/accuracy" in r for r in steps)
+    from safetensors.torch import load_file
+
+    before, after = load_file(f"{tiny_model}/model.safetensors"), load_file(str(out / "model" / "model.safetensors"))
+    assert any(not before[k].equal(after[k]) for k in before), "the slic loss moved the learners' weights"
