@@ -105,3 +105,16 @@ def test_generators_are_released_when_no_later_stage_needs_them(tiny_model, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["actors"]["generators"] == 1  # started once, ended after the GRPO stage
     assert [p["role"] for p in summary["placement"]] == ["learner"]
+
+
+def test_online_eval_every_scores_held_out_prompts(tiny_model, tmp_path, run_cli):
+    out = tmp_path / "eval"
+    proc = run_cli("--algo", "grpo", "--max-steps", "2", "--output-dir", str(out), "--model", tiny_model,
+                   "data.size=16", "data.eval_size=4", "eval_every=1", "generator.prompts_per_step=2",
+                   "generator.n=2", "generator.max_tokens=8", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [r for r in records(out) if "reward/mean" in r]
+    for r in steps:  # the same scoring code as python -m rlhf.eval
+        assert r["eval/prompts"] == 4 and 0.0 <= r["eval/pass@1"] <= r["eval/pass@2"] <= 1.0
+        assert "eval/reward/mean" in r and r["time/eval"] > 0
+    assert (out / "report.md").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,13 @@ def test_wandb_offline_run_under_out_dir(tmp_path, monkeypatch):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((out / "wandb").iterdir())
     (log,) = runs[0].glob("run-*.wandb")
+    needles = (b"loss", b"reward/mean", b"reward/hist", b"eval/accuracy_after", b"report/loss",
+               b"tiny-model-xyz", b"rlhf-test", b"unit")
+    deadline = time.monotonic() + 30  # W&B's own service process writes the file; on a busy machine it lags
+    while not all(n in log.read_bytes() for n in needles) and time.monotonic() < deadline:
+        time.sleep(0.2)
     data = log.read_bytes()
-    for needle in (b"loss", b"reward/mean", b"reward/hist", b"eval/accuracy_after", b"report/loss",
-                   b"tiny-model-xyz", b"rlhf-test", b"unit"):
+    for needle in needles:
         assert needle in data, needle
     media = list((runs[0] / "files" / "media" / "images").rglob("*.png"))
     assert media and media[0].read_bytes()[:8] == PNG_MAGIC
