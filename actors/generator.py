@@ -22,6 +22,7 @@ Config (a plain dict; defaults in ``DEFAULTS``):
 | gpu_memory_utilization | 0.5           | GPU only                                                     |
 | max_num_batched_tokens | None          | vLLM's scheduler budget per step (None: vLLM's default)      |
 | logprobs_mode          | "raw_logprobs"| what ``logps`` holds, see ``generate``                       |
+| ship                   | None          | ``actors.files.Shipping``: the model comes through Ray       |
 
 Log-probs. ``generate`` returns, for each generated token, its log-probability as vLLM reports
 it with ``logprobs=0`` (the sampled token only). With ``logprobs_mode="raw_logprobs"`` (the
@@ -45,6 +46,7 @@ from typing import Any
 
 import torch
 
+from actors.files import ensure_local
 from actors.weight_sync import TIED_EMBED, TIED_HEAD, NumpyState, WeightReceiverMixin, WeightSyncError, memory_key
 
 DEFAULTS: dict[str, Any] = {
@@ -58,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "gpu_memory_utilization": 0.5,
     "max_num_batched_tokens": None,
     "logprobs_mode": "raw_logprobs",
+    "ship": None,
 }
 SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop_token_ids", "min_tokens")
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
@@ -94,6 +97,7 @@ class GeneratorActor(WeightReceiverMixin):
     def __init__(self, index: int, config: Mapping[str, Any]):
         self.index = int(index)
         self.cfg = resolve_config(config)
+        self.cfg["model_path"] = ensure_local(str(self.cfg["model_path"]), self.cfg["ship"])
         self.name = f"generator {self.index}"
         self.version = 0
         self._incomplete = False  # a weight update failed half-way: refuse to generate
@@ -227,8 +231,10 @@ class GeneratorActor(WeightReceiverMixin):
     # ---- health --------------------------------------------------------------------------
 
     def ping(self) -> dict[str, Any]:
-        """``{"name", "index", "version", "pid"}``: cheap liveness check."""
-        return {"name": self.name, "index": self.index, "version": self.version, "pid": os.getpid()}
+        """``{"name", "index", "version", "pid", "model_path"}``: cheap liveness check (``model_path``:
+        the folder the engine loaded, a shipped copy where shipping is active)."""
+        return {"name": self.name, "index": self.index, "version": self.version, "pid": os.getpid(),
+                "model_path": self.cfg["model_path"]}
 
 
 def keep_freed_memory() -> bool:

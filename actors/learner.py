@@ -36,6 +36,7 @@ Config (a plain dict built by the driver; defaults in ``DEFAULTS``):
 | gradient_checkpointing | False       |                                                                 |
 | reference_colocated    | False       | also hold a frozen copy of the initial model (compute_reference)|
 | pack                   | True        | rows sharing a prompt run it once (``rlhf.packing``)            |
+| ship                   | None        | ``actors.files.Shipping``: model in, outputs back through Ray   |
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import Any
 
 import torch
 
-from actors import common, model_io
+from actors import common, files, model_io
 from actors.weight_sync import WeightSenderMixin
 from rlhf.objectives.base import GlobalCounts, Objective
 
@@ -74,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": False,
     "reference_colocated": False,
     "pack": True,
+    "ship": None,
 }
 
 
@@ -94,6 +96,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("dtype bfloat16 needs zero_stage >= 1 (stage 0 keeps no fp32 master weights)")
     if int(cfg["grad_accum"]) < 1 or int(cfg["micro_batch_size"]) < 1:
         raise ValueError("grad_accum and micro_batch_size must be >= 1")
+    if cfg["ship"] is not None and not isinstance(cfg["ship"], files.Shipping):
+        raise ValueError(f"ship must be an actors.files.Shipping or None, got {type(cfg['ship']).__name__}")
     return cfg
 
 
@@ -123,10 +127,13 @@ class LearnerActor(WeightSenderMixin):
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the process group, build the model and its DeepSpeed engine.
 
-        Returns ``{"params", "trainable_params", "setup_s", "device", "backend", "dtype", "zero_stage"}``.
+        Returns ``{"params", "trainable_params", "setup_s", "device", "backend", "dtype", "zero_stage",
+        "model_path"}`` (``model_path``: the folder it loaded, a shipped copy when shipping is active).
         """
         start = time.perf_counter()
         cfg = self.cfg
+        # where shipping is active (actors.files): the shipped copy on this node, before anything loads
+        cfg["model_path"] = files.ensure_local(cfg["model_path"], cfg["ship"], timeout_s=cfg["timeout_s"])
         device = cfg["device"]
         self.device = common.local_device(device)  # on GPU: select it before the NCCL group forms
         common.init_process_group(self.rank, self.world_size, master_addr, master_port, device, cfg["timeout_s"])
@@ -170,6 +177,7 @@ class LearnerActor(WeightSenderMixin):
             "backend": common.backend_for(device),
             "dtype": cfg["dtype"],
             "zero_stage": cfg["zero_stage"],
+            "model_path": cfg["model_path"],
         }
 
     def _param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -389,17 +397,24 @@ class LearnerActor(WeightSenderMixin):
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def save_checkpoint(self, folder: str, tag: str) -> str:
+    def save_checkpoint(self, folder: str, tag: str) -> str | dict[str, bytes]:
         """Write this rank's share of the run state into ``folder``: DeepSpeed's own checkpoint
         (module, optimizer and LR-scheduler state per ZeRO rank, under ``folder/tag``) and this
-        rank's RNG (``rng-learner-<rank>.pt``). Every rank calls; returns ``folder``."""
+        rank's RNG (``rng-learner-<rank>.pt``). Every rank calls; returns ``folder``.
+
+        Where shipping is active (``actors.files``) ``folder`` is the driver's: this rank writes
+        into a node-local scratch folder instead and returns its own files ``{relative_path: bytes}``.
+        """
         from rlhf.checkpoint import save_rng
 
         self._require_setup()
-        self.engine.save_checkpoint(folder, tag=tag, client_state={"learner_steps": self.steps}, save_latest=False)
-        save_rng(folder, f"learner-{self.rank}")
-        torch.distributed.barrier()
-        return folder
+        ship = files.ships(self.cfg["ship"])
+        with files.scratch() if ship else _null(folder) as target:
+            self.engine.save_checkpoint(target, tag=tag, client_state={"learner_steps": self.steps},
+                                        save_latest=False)
+            save_rng(target, f"learner-{self.rank}")
+            torch.distributed.barrier()
+            return files.pack_tree(target) if ship else folder
 
     def load_checkpoint(self, folder: str, tag: str) -> int:
         """Restore what ``save_checkpoint`` wrote (weights, optimizer, LR schedule, RNG); every rank
@@ -449,21 +464,26 @@ class LearnerActor(WeightSenderMixin):
                 state[name] = tensor
         return state if self.rank == 0 else None
 
-    def save(self, output_dir: str) -> str:
+    def save(self, output_dir: str) -> str | dict[str, bytes]:
         """Write a transformers folder (merged weights + tokenizer) to ``output_dir``; every rank calls.
 
         Loads with ``AutoModelForCausalLM`` (``AutoModelForSequenceClassification`` with a score
         head). With LoRA the adapter is also saved under ``output_dir/adapter`` (peft format).
-        Returns ``output_dir``.
+        Returns ``output_dir``; where shipping is active (``actors.files``), rank 0 writes into a
+        scratch folder on its node and returns the folder's files ``{relative_path: bytes}``
+        (the other ranks ``{}``), for the driver to write at ``output_dir``.
         """
         state = self.full_state_dict()
         hf_model = model_io.unwrap(self.engine.module)
-        if self.rank == 0:
-            model_io.save_hf_folder(state, hf_model.config, output_dir, self.cfg["score_head"], self.cfg["model_path"])
-        if int(self.cfg["lora_r"]) > 0:
-            self._save_adapter(f"{output_dir}/adapter")
-        torch.distributed.barrier()
-        return output_dir
+        ship = files.ships(self.cfg["ship"])
+        with files.scratch() if ship else _null(output_dir) as target:
+            if self.rank == 0:
+                model_io.save_hf_folder(state, hf_model.config, target, self.cfg["score_head"],
+                                        self.cfg["model_path"])
+            if int(self.cfg["lora_r"]) > 0:
+                self._save_adapter(f"{target}/adapter")
+            torch.distributed.barrier()
+            return files.pack_tree(target) if ship else output_dir
 
     def _save_adapter(self, adapter_dir: str) -> None:
         peft_model = self.engine.module
@@ -479,7 +499,7 @@ class LearnerActor(WeightSenderMixin):
             raise RuntimeError(f"learner rank {self.rank}: setup() has not been called")
 
 
-def _null():
+def _null(value: Any = None):
     import contextlib
 
-    return contextlib.nullcontext()
+    return contextlib.nullcontext(value)

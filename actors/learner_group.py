@@ -138,12 +138,18 @@ class LearnerGroup:
 
     # -- state ----------------------------------------------------------------------------------
     def save(self, path: str) -> str:
-        """Write the merged model as a transformers folder at ``path`` (rank 0 writes; all take part)."""
-        self.group.call("save", path)
+        """Write the merged model as a transformers folder at ``path`` (rank 0 writes; all take part).
+
+        Where the learners ship files (``actors.files``), rank 0 returns the folder's files and
+        they are written here, at ``path`` on the driver.
+        """
+        _write_shipped(path, self.group.call("save", path))
         return path
 
     def save_checkpoint(self, folder: str, tag: str) -> None:
-        self.group.call("save_checkpoint", folder, tag)
+        """Every rank's share of the run state into ``folder`` (each rank's own files, written
+        here on the driver where the learners ship files)."""
+        _write_shipped(folder, self.group.call("save_checkpoint", folder, tag))
 
     def load_checkpoint(self, folder: str, tag: str) -> int:
         return self.group.call("load_checkpoint", folder, tag)[0]
@@ -151,3 +157,11 @@ class LearnerGroup:
     def shutdown(self) -> None:
         self.group.shutdown()
 
+
+def _write_shipped(folder: str, results: list[Any]) -> None:
+    """Write the ``{relative_path: bytes}`` results of shipping ranks under ``folder`` (a rank that
+    wrote ``folder`` itself returns its path, and nothing is left to do)."""
+    from actors.files import merge_files, write_files
+
+    if any(isinstance(r, dict) for r in results):
+        write_files(folder, merge_files(results))

@@ -11,17 +11,20 @@ from typing import Any
 
 import torch
 
-from actors import common, model_io
+from actors import common, files, model_io
 
 
 class ReferenceActor:
     """Frozen initial model. ``config`` is the learner's config dict (same keys and checks);
-    the reference reads ``model_path``, ``dtype``, ``device``, ``score_head`` and ``seed``."""
+    the reference reads ``model_path``, ``dtype``, ``device``, ``score_head``, ``seed`` and ``ship``
+    (the model comes through Ray where shipping is active, ``actors.files``)."""
 
     def __init__(self, config: dict[str, Any]):
         from actors.learner import resolve_config
 
         self.cfg = resolve_config(config)
+        cfg = self.cfg
+        cfg["model_path"] = files.ensure_local(cfg["model_path"], cfg["ship"], timeout_s=cfg["timeout_s"])
         common.set_threads()
         self.device = common.local_device(self.cfg["device"])
         torch.manual_seed(int(self.cfg["seed"]))  # a new score head starts exactly as the learner's
@@ -30,11 +33,12 @@ class ReferenceActor:
         self.model.eval().requires_grad_(False)
 
     def info(self) -> dict[str, Any]:
-        """``{"params", "device", "dtype"}``."""
+        """``{"params", "device", "dtype", "model_path"}`` (``model_path``: the folder it loaded)."""
         return {
             "params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
             "dtype": self.cfg["dtype"],
+            "model_path": self.cfg["model_path"],
         }
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from actors.common import local_device, set_threads, torch_dtype
+from actors.files import ensure_local
 from actors.model_io import policy_output
 from rlhf.rewards.registry import batched
 
@@ -37,6 +38,7 @@ _DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "device": "cpu",
     "batch_size": 8,
+    "ship": None,
 }
 
 
@@ -45,7 +47,8 @@ class RewardModelActor:
 
     Config keys: ``model_path`` (required), ``tokenizer_path`` (default: ``model_path``; only
     needed when text is given), ``dtype`` (``float32`` / ``bfloat16``), ``device`` (``cpu`` /
-    ``cuda``), ``batch_size`` (sequences per forward pass).
+    ``cuda``), ``batch_size`` (sequences per forward pass), ``ship`` (an ``actors.files.Shipping``:
+    the model folder comes through Ray where shipping is active).
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -64,7 +67,7 @@ class RewardModelActor:
         set_threads()
         self.device = local_device(str(cfg["device"]))
         self.batch_size = int(cfg["batch_size"])
-        path = str(cfg["model_path"])
+        path = ensure_local(str(cfg["model_path"]), cfg["ship"])  # a shipped copy where shipping is active
         try:
             model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype(str(cfg["dtype"])))
         except OSError as e:

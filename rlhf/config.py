@@ -173,6 +173,9 @@ class ClusterConfig:
     reference: RoleClusterConfig = field(default_factory=RoleClusterConfig)
     reward_model: RoleClusterConfig = field(default_factory=RoleClusterConfig)
     timeout_s: float | None = None  # wait for a role's resources at most this long; None: the run's timeout_s
+    # move the model to the actors and outputs back through Ray (actors.files): auto - when an actor runs on
+    # another node than the driver; always - every actor (tests the path on one machine); never - shared files
+    ship_files: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,14 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhf.config import RunConfig
+
+if TYPE_CHECKING:
+    from actors.files import Shipping
 
 log = logging.getLogger("rlhf")
 PROBE_S = 15.0  # after a failed call: how long an actor gets to show it is alive
@@ -53,8 +56,9 @@ def prepare_environment(device: str) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
-def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: int, score_head: bool) -> dict[str, Any]:
-    """The plain dict ``actors.learner.LearnerActor`` takes."""
+def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: int, score_head: bool,
+                   ship: Shipping | None = None) -> dict[str, Any]:
+    """The plain dict ``actors.learner.LearnerActor`` takes (``ship``: ``Session.shipping``'s record)."""
     m, t = cfg.model, cfg.train
     return {
         "model_path": model_path,
@@ -79,11 +83,12 @@ def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: in
         "reference_colocated": cfg.reference.colocated,
         "adam_betas": tuple(t.adam_betas),
         "pack": t.pack,
+        "ship": ship,
     }
 
 
-def generator_config(cfg: RunConfig, model_path: str, device: str) -> dict[str, Any]:
-    """The plain dict ``actors.generator.GeneratorActor`` takes."""
+def generator_config(cfg: RunConfig, model_path: str, device: str, ship: Shipping | None = None) -> dict[str, Any]:
+    """The plain dict ``actors.generator.GeneratorActor`` takes (``ship``: ``Session.shipping``'s record)."""
     g = cfg.generator
     return {
         "model_path": model_path,
@@ -96,6 +101,7 @@ def generator_config(cfg: RunConfig, model_path: str, device: str) -> dict[str, 
         "enforce_eager": g.enforce_eager,
         "gpu_memory_utilization": g.gpu_memory_utilization,
         "max_num_batched_tokens": max(g.max_model_len, 2048),
+        "ship": ship,
     }
 
 
@@ -121,6 +127,7 @@ class Session:
         self._placements: dict[str, Any] = {}  # role -> actors.placement.Placement (reserved bundles)
         self._released: dict[str, int] = {}  # role -> actors ended early (no later stage needed them)
         self._lock = threading.RLock()  # generate may run in a thread (generation ahead): one restart at a time
+        self._shipping: dict[str, Shipping | None] = {}  # model path -> its record (packed and put once)
         prepare_environment(self.device)
         self._start_ray()
 
@@ -158,11 +165,30 @@ class Session:
             self._launch_reference()
         from actors.placement import role_resources
 
-        config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head)
+        config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head,
+                                self.shipping(self.model_path))
         spec = role_resources(self.cfg, "learner", self.device)
         self.learners = LearnerGroup.start(self.cfg.train.num_learners, config, timeout_s=self.cfg.timeout_s,
                                            num_cpus=spec.num_cpus, strategy=spec.strategy, num_gpus=spec.num_gpus,
                                            resources=dict(spec.resources), placement_timeout_s=self._placement_wait)
+        if config["ship"] is not None:
+            print(f"learner rank 0 loaded the model from {self.learners.info[0]['model_path']}", flush=True)
+
+    def shipping(self, model_path: str) -> Shipping | None:
+        """How files reach the actors that load ``model_path`` and come back (``cluster.ship_files``):
+        an ``actors.files.Shipping`` record, made once per folder and run (the folder is packed and
+        ``ray.put`` once), or None where every actor shares the driver's files."""
+        from actors.files import for_actors
+
+        if model_path not in self._shipping:
+            record = for_actors(self.cfg.cluster.ship_files, model_path)
+            if record is not None:
+                model = (f"the model folder {model_path} goes to the actors through Ray" if record.model_ref is not None
+                         else f"{model_path} is not a folder here, each node loads it itself")
+                print(f"cluster.ship_files={record.mode}: {model}; the learners send the model and checkpoints back",
+                      flush=True)
+            self._shipping[model_path] = record
+        return self._shipping[model_path]
 
     @property
     def _placement_wait(self) -> float:
@@ -185,7 +211,8 @@ class Session:
 
         from actors.reference import ReferenceActor
 
-        config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head)
+        config = learner_config(self.cfg, self.model_path, self.device, self.total_steps, self.score_head,
+                                self.shipping(self.model_path))
         options = self._place("reference", 1).options(0)
         self.reference = ray.remote(ReferenceActor).options(**options).remote(config)
 
@@ -212,7 +239,8 @@ class Session:
 
         options = self._place("generator", self.cfg.generator.num_engines).options(index)  # a restart: same bundle
         remote = ray.remote(GeneratorActor).options(**options)
-        return remote.remote(index, generator_config(self.cfg, self.model_path, self.device))
+        return remote.remote(index, generator_config(self.cfg, self.model_path, self.device,
+                                                     self.shipping(self.model_path)))
 
     def _launch_generators(self) -> None:
         if self.generators or self._pending_generators:
@@ -225,8 +253,10 @@ class Session:
             return
         self._launch_generators()
         self.generators, self._pending_generators = self._pending_generators, []
-        for i, handle in enumerate(self.generators):
-            self._get(handle.ping.remote(), f"GeneratorActor[{i}]", "start")
+        loaded = [self._get(handle.ping.remote(), f"GeneratorActor[{i}]", "start")["model_path"]
+                  for i, handle in enumerate(self.generators)]
+        if self.shipping(self.model_path) is not None:
+            print(f"generators loaded the model from {', '.join(sorted(set(loaded)))}", flush=True)
         self._connect_generators()
 
     def _connect_generators(self) -> None:
@@ -373,7 +403,8 @@ class Session:
 
         if self.reward_model is None:
             self.reward_model = RewardModelService(
-                {"model_path": path, "dtype": self.cfg.model.dtype, "device": self.device},
+                {"model_path": path, "dtype": self.cfg.model.dtype, "device": self.device,
+                 "ship": self.shipping(path)},
                 self._place("reward_model", 1).options(0),
                 max_restarts=self.cfg.generator.max_restarts, timeout_s=self.cfg.timeout_s,
                 limit_name="generator.max_restarts")
