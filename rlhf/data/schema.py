@@ -47,12 +47,19 @@ def validate_rows(rows: Sequence[Any], kind: Kind, source: str) -> None:
         validate_row(row, kind, source, i)
 
 
+def as_completion_row(row: Any) -> Any:
+    """A ``completions`` (SFT) row: a preference pair is read as its chosen answer; anything else as is."""
+    if isinstance(row, Mapping) and "completion" not in row and "chosen" in row:
+        return {**row, "completion": row["chosen"]}
+    return row
+
+
 def validate_row(row: Any, kind: Kind, source: str, i: int) -> None:
     """Check one row of ``kind`` (see the module docstring for the formats)."""
     if not isinstance(row, Mapping):
         raise DataError(f"{where(source, i)}: expected an object with fields, got {type(row).__name__}")
-    if kind == "completions" and "completion" not in row and "chosen" in row:
-        row = {**row, "completion": row["chosen"]}  # a preference pair: train on the chosen answer
+    if kind == "completions":
+        row = as_completion_row(row)
     prompt = _field(row, "prompt", source, i)
     check_prompt(prompt, source, i)
     for name in COMPLETION_FIELDS[kind]:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from rlhf.data.schema import COMPLETION_FIELDS, DataError, Kind, label_value, validate_row
+from rlhf.data.schema import COMPLETION_FIELDS, DataError, Kind, as_completion_row, label_value, validate_row
 from rlhf.data.templates import render_completion, render_prompt
 
 Policy = Literal["truncate", "drop"]
@@ -84,8 +84,7 @@ def tokenize_completions(
     source: str = "",
 ) -> tuple[list[dict], TokenizeStats]:
     """SFT rows ``{prompt, completion}`` (or pairs, read as their ``chosen``) -> ``{prompt_ids, completion_ids}``."""
-    rows = [{**r, "completion": r["chosen"]} if isinstance(r, dict) and "completion" not in r and "chosen" in r
-            else r for r in rows]
+    rows = [as_completion_row(r) for r in rows]
     return _tokenize(rows, tokenizer, "completions", max_length, max_prompt_length, policy, source)
 
 
