@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,18 @@ def test_unmet_request_fails_in_bounded_time_naming_ask_and_nodes(ray_cluster):
     assert "cluster has" in text and "on 1 node(s)" in text and "no node has node_z" in text
 
 
+def _wait_dead(ray_module: Any, handle: Any, timeout_s: float = 60.0) -> None:
+    """Return once ``handle``'s actor no longer answers (killed), or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray_module.get(handle.ping.remote(), timeout=10)
+        except ray_module.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"actor still answers {timeout_s:g} s after ray.kill")
+
+
 def test_actor_nodes_report_where_each_actor_runs(ray_cluster):
     from actors.group import ActorGroup
     from actors.placement import actor_nodes, place
@@ -87,6 +100,7 @@ def test_actor_nodes_report_where_each_actor_runs(ray_cluster):
         assert group.nodes("learner") == [{"role": "learner", "rank": r, "node_id": here} for r in range(2)]
         assert actor_nodes({"reference": [solo]}, timeout_s=60) == [{"role": "reference", "rank": 0, "node_id": here}]
         ray_cluster.kill(solo)  # a dead actor does not fail a finished run's summary
+        _wait_dead(ray_cluster, solo)  # kill() is asynchronous: a call queued just after may still run
         (dead,) = actor_nodes({"reference": [solo]}, timeout_s=60)
         assert dead["node_id"] is None and "ActorDiedError" in dead["error"]
     finally:
