@@ -9,7 +9,12 @@ node share one copy and a half-written copy is never used), else it returns ``mo
 
 Outputs back. Where shipping is active, ``LearnerActor.save`` / ``save_checkpoint`` write into a
 node-local scratch folder and return its files as ``{relative_path: bytes}`` (``pack_tree``);
-``LearnerGroup`` writes them under the driver's folder (``write_files``). Everything passes
+``LearnerGroup`` writes them under the driver's folder (``write_files``).
+
+Checkpoints in again (``--resume``). ``LearnerGroup.load_checkpoint`` packs what the learners read
+of the driver's checkpoint folder (``pack_checkpoint``) and ``ray.put``s it once; a rank where
+shipping is active writes it to a scratch folder (``fetched``) and loads from there, a rank on
+the driver's node reads the folder itself. Everything passes
 through Ray's object store as one ``bytes`` per file: fine for models and checkpoints that fit
 in the object store and the driver's memory; a very large checkpoint should use a shared
 filesystem (``cluster.ship_files=never``) until files stream in chunks.
@@ -80,6 +85,20 @@ def pack_tree(path: str | Path) -> dict[str, bytes]:
     """Every file under ``path``, ``{relative/posix/path: bytes}`` (what an actor sends back)."""
     root = Path(path)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def pack_checkpoint(folder: str | Path, tag: str) -> dict[str, bytes]:
+    """What the learners read of a checkpoint folder, ``{relative/posix/path: bytes}``: DeepSpeed's
+    ``folder/tag`` tree, every ``rng-learner-*.pt`` and the ``COMPLETE`` marker (the driver's own
+    files, ``state.json`` and ``rng-driver.pt``, stay on the driver)."""
+    root = Path(folder)
+    if not (root / tag).is_dir():
+        raise FileNotFoundError(f"cannot ship checkpoint {str(root)!r}: it has no {tag!r} folder")
+    files = {f"{tag}/{name}": data for name, data in pack_tree(root / tag).items()}
+    for p in sorted(root.iterdir()):
+        if p.is_file() and (p.name.startswith("rng-learner-") or p.name == "COMPLETE"):
+            files[p.name] = p.read_bytes()
+    return files
 
 
 def digest(files: Mapping[str, bytes]) -> str:
@@ -159,16 +178,26 @@ def ensure_local(model_path: str, shipping: Shipping | None, root: str | Path | 
     return str(target)
 
 
-def _ray_fetch(timeout_s: float, name: str) -> Callable[[Any], Mapping[str, bytes]]:
+def _ray_fetch(timeout_s: float, name: str, what: str = "model") -> Callable[[Any], Mapping[str, bytes]]:
     def fetch(ref: Any) -> Mapping[str, bytes]:
         import ray
 
         try:
             return ray.get(ref, timeout=float(timeout_s))
         except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(f"the shipped model {name!r} did not arrive within {float(timeout_s):g} s") from None
+            raise TimeoutError(f"the shipped {what} {name!r} did not arrive within {float(timeout_s):g} s") from None
 
     return fetch
+
+
+@contextlib.contextmanager
+def fetched(ref: Any, name: str, timeout_s: float = 600.0) -> Iterator[str]:
+    """A node-local scratch folder holding the shipped ``{path: bytes}`` behind ``ref`` (a
+    ``ray.put`` of ``pack_checkpoint``), fetched within ``timeout_s``; removed afterwards."""
+    files = _ray_fetch(timeout_s, name, "checkpoint")(ref)
+    with scratch() as path:
+        write_files(path, files)
+        yield path
 
 
 @contextlib.contextmanager

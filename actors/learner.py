@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -416,19 +417,27 @@ class LearnerActor(WeightSenderMixin):
             torch.distributed.barrier()
             return files.pack_tree(target) if ship else folder
 
-    def load_checkpoint(self, folder: str, tag: str) -> int:
+    def load_checkpoint(self, folder: str, tag: str, shipped: list | None = None) -> tuple[int, str]:
         """Restore what ``save_checkpoint`` wrote (weights, optimizer, LR schedule, RNG); every rank
-        calls. Returns the optimizer steps this learner had taken."""
+        calls. Returns ``(optimizer steps this learner had taken, the folder it read)``.
+
+        ``folder`` is the driver's. Where shipping is active (``actors.files``) and ``shipped`` is
+        ``[ref]`` (``ref``: the driver's ``ray.put`` of ``files.pack_checkpoint``), this rank
+        fetches those files into a node-local scratch folder and reads that instead.
+        """
         from rlhf.checkpoint import load_rng, set_rng_state
 
         self._require_setup()
-        path, client = self.engine.load_checkpoint(folder, tag=tag, load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
-        if path is None:
-            raise FileNotFoundError(f"learner rank {self.rank}: no DeepSpeed checkpoint {tag!r} in {folder}")
-        self.steps = int((client or {}).get("learner_steps", 0))
-        set_rng_state(load_rng(folder, f"learner-{self.rank}"))
-        return self.steps
+        ship = bool(shipped) and files.ships(self.cfg["ship"])
+        name = Path(str(folder).rstrip("/")).name
+        with files.fetched(shipped[0], name, self.cfg["timeout_s"]) if ship else _null(folder) as source:
+            path, client = self.engine.load_checkpoint(source, tag=tag, load_optimizer_states=True,
+                                                       load_lr_scheduler_states=True)
+            if path is None:
+                raise FileNotFoundError(f"learner rank {self.rank}: no DeepSpeed checkpoint {tag!r} in {folder}")
+            self.steps = int((client or {}).get("learner_steps", 0))
+            set_rng_state(load_rng(source, f"learner-{self.rank}"))
+            return self.steps, str(source)
 
     # ---- export -------------------------------------------------------------------------------
 

@@ -57,10 +57,12 @@ def shipped_fields(objective: Objective, params: Any, on_policy: bool = False, s
 class LearnerGroup:
     """``len(group)`` learner ranks, each taking ``grad_accum`` micro-batches per optimizer step."""
 
-    def __init__(self, group: ActorGroup, grad_accum: int) -> None:
+    def __init__(self, group: ActorGroup, grad_accum: int, ship: Any = None) -> None:
         self.group = group
         self.ranks = len(group)
         self.grad_accum = int(grad_accum)
+        self.ship = ship  # the learners' actors.files.Shipping record, None where they share the driver's files
+        self.loaded_from: list[str] = []  # the folder each rank read at the last load_checkpoint
 
     @classmethod
     def start(cls, n: int, config: dict[str, Any], timeout_s: float, num_cpus: float,
@@ -70,7 +72,7 @@ class LearnerGroup:
         """Start ``n`` ranks (``actors.group.start_learners``: resources per rank, placement strategy) and wrap them."""
         group = start_learners(n, config, timeout_s=timeout_s, num_cpus=num_cpus, strategy=strategy,
                                num_gpus=num_gpus, resources=resources, placement_timeout_s=placement_timeout_s)
-        return cls(group, int(config.get("grad_accum", 1)))
+        return cls(group, int(config.get("grad_accum", 1)), config.get("ship"))
 
     def __len__(self) -> int:
         return self.ranks
@@ -152,7 +154,20 @@ class LearnerGroup:
         _write_shipped(folder, self.group.call("save_checkpoint", folder, tag))
 
     def load_checkpoint(self, folder: str, tag: str) -> int:
-        return self.group.call("load_checkpoint", folder, tag)[0]
+        """Every rank restores its share of the checkpoint in the driver's ``folder``; returns the
+        optimizer steps rank 0 had taken. Where the learners ship files, what they read of it
+        (``actors.files.pack_checkpoint``) is put into Ray's object store once and each rank on
+        another node loads a local copy (``loaded_from`` says which folder each rank read)."""
+        shipped = None
+        if self.ship is not None:
+            import ray
+
+            from actors.files import pack_checkpoint
+
+            shipped = [ray.put(pack_checkpoint(folder, tag))]
+        results = self.group.call("load_checkpoint", folder, tag, shipped)
+        self.loaded_from = [where for _, where in results]
+        return results[0][0]
 
     def shutdown(self) -> None:
         self.group.shutdown()

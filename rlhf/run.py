@@ -240,6 +240,9 @@ def _restore(session: Any, checkpoint: Path, state: Any, load_rng: Any, set_rng_
 
     print(f"resuming from {checkpoint} (step {state.global_step}, stage {state.stage_name} step {state.stage_step})")
     session.learners.load_checkpoint(str(checkpoint), LEARNER_TAG)
+    if any(Path(where) != Path(checkpoint) for where in session.learners.loaded_from):
+        print(f"learners read the checkpoint from {', '.join(session.learners.loaded_from)} (shipped through Ray)",
+              flush=True)
     set_rng_state(load_rng(checkpoint, "driver"))
     session.steps = state.global_step
     session.version = int(state.extra.get("version", state.global_step))

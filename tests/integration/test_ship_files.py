@@ -4,7 +4,8 @@ A 2-step GRPO run (two ZeRO-2 learners, one vLLM generator) on the tiny model, t
 ``python -m rlhf.run`` in a subprocess. The model folder is given by path; every actor must load
 the copy the driver shipped through Ray's object store (``actors.files``), not that path, and
 the final model and the checkpoint (both ranks' files) must land in ``--output-dir`` complete
-and loadable, written there by the driver.
+and loadable, written there by the driver; ``--resume`` must hand the learners the checkpoint
+through Ray too (each rank reads a node-local copy, never the driver's folder).
 """
 
 from __future__ import annotations
@@ -71,6 +72,20 @@ def test_grpo_run_ships_the_model_in_and_the_outputs_back(tiny_model, tmp_path):
             assert load_rng(checkpoint, f"learner-{rank}")
         assert "learner/mp_rank_00_model_states.pt" in names
         assert load_state(checkpoint).global_step == 2
+
+        # --resume: the learners read the checkpoint from a copy shipped through Ray, not the driver's folder
+        resumed = subprocess.run(
+            [sys.executable, "-m", "rlhf.run", "--resume", str(out), "--max-steps", "3"],
+            capture_output=True, text=True, timeout=600, env=env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        shipped += loaded_paths(resumed.stdout, "learner rank 0") + loaded_paths(resumed.stdout, "generators")
+        found = re.findall(r"^learners read the checkpoint from (.+) \(shipped through Ray\)$", resumed.stdout,
+                           flags=re.MULTILINE)
+        assert found, resumed.stdout[-3000:]
+        read = [Path(p) for p in found[0].split(", ")]
+        assert len(read) == 2 and all(out not in p.parents and p != checkpoint for p in read), read
+        assert not any(p.exists() for p in read)  # the scratch copies are gone after loading
+        assert latest_complete(out).name == "step-3" and load_state(latest_complete(out)).global_step == 3
     finally:
         for path in set(shipped):
             shutil.rmtree(path, ignore_errors=True)

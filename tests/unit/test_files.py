@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import pytest
 
-from actors.files import Shipping, digest, ensure_local, merge_files, pack_folder, pack_tree, ships, write_files
+from actors.files import (
+    Shipping,
+    digest,
+    ensure_local,
+    merge_files,
+    pack_checkpoint,
+    pack_folder,
+    pack_tree,
+    ships,
+    write_files,
+)
 from rlhf.config import ConfigError, build_config
 
 
@@ -35,6 +45,20 @@ def test_pack_folder_takes_top_level_files_and_follows_symlinks(tmp_path):
                       "tokenizer.json": b"tokenizer"}
     with pytest.raises(NotADirectoryError, match="not a folder"):
         pack_folder(tmp_path / "missing")
+
+
+def test_pack_checkpoint_takes_what_the_learners_read(tmp_path):
+    ckpt = tmp_path / "step-2"
+    (ckpt / "learner").mkdir(parents=True)
+    (ckpt / "learner" / "mp_rank_00_model_states.pt").write_bytes(b"w")
+    (ckpt / "learner" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"o1")
+    for name in ("rng-learner-0.pt", "rng-learner-1.pt", "rng-driver.pt", "state.json", "COMPLETE"):
+        (ckpt / name).write_text(name)
+    assert pack_checkpoint(ckpt, "learner") == {
+        "learner/mp_rank_00_model_states.pt": b"w", "learner/zero_pp_rank_1_mp_rank_00_optim_states.pt": b"o1",
+        "rng-learner-0.pt": b"rng-learner-0.pt", "rng-learner-1.pt": b"rng-learner-1.pt", "COMPLETE": b"COMPLETE"}
+    with pytest.raises(FileNotFoundError, match="no 'other' folder"):
+        pack_checkpoint(ckpt, "other")
 
 
 def test_digest_depends_on_names_and_contents_not_order():
