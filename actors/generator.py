@@ -23,6 +23,14 @@ Config (a plain dict; defaults in ``DEFAULTS``):
 | max_num_batched_tokens | None          | vLLM's scheduler budget per step (None: vLLM's default)      |
 | logprobs_mode          | "raw_logprobs"| what ``logps`` holds, see ``generate``                       |
 | ship                   | None          | ``actors.files.Shipping``: the model comes through Ray       |
+| sleep                  | False         | vLLM sleep mode between generations (CUDA; see below)        |
+
+Sleep (``sleep=True``, for an engine that shares its GPU with a learner: ``generator.sleep``).
+The engine starts with vLLM's sleep mode on and goes to sleep (level 1: weights copied to host
+memory, KV cache dropped) right after start-up and after every ``generate``, so the learner has
+the GPU while it trains. ``load_weights`` wakes the weights only (the new ones are written in
+place on the GPU); ``generate`` wakes everything, samples, and sleeps again. vLLM offers sleep
+mode on CUDA (and ROCm / XPU) only: asked for elsewhere, the actor fails to start with one line.
 
 Log-probs. ``generate`` returns, for each generated token, its log-probability as vLLM reports
 it with ``logprobs=0`` (the sampled token only). With ``logprobs_mode="raw_logprobs"`` (the
@@ -61,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "max_num_batched_tokens": None,
     "logprobs_mode": "raw_logprobs",
     "ship": None,
+    "sleep": False,
 }
 SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop_token_ids", "min_tokens")
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
@@ -84,6 +93,8 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"logprobs_mode {cfg['logprobs_mode']!r} is not supported; valid: {', '.join(LOGPROBS_MODES)}")
     if int(cfg["max_model_len"]) < 2:
         raise ValueError(f"max_model_len must be >= 2, got {cfg['max_model_len']}")
+    if cfg["sleep"] and cfg["device"] != "cuda":
+        raise ValueError(f"sleep mode needs device 'cuda' (vLLM frees GPU memory with it), got {cfg['device']!r}")
     return cfg
 
 
@@ -101,6 +112,7 @@ class GeneratorActor(WeightReceiverMixin):
         self.name = f"generator {self.index}"
         self.version = 0
         self._incomplete = False  # a weight update failed half-way: refuse to generate
+        self._asleep: set[str] = set()  # vLLM memory tags released by sleep mode ("weights", "kv_cache")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if self.cfg["device"] == "cpu":
             keep_freed_memory()
@@ -122,6 +134,12 @@ class GeneratorActor(WeightReceiverMixin):
             kwargs["max_num_batched_tokens"] = int(cfg["max_num_batched_tokens"])
         if cfg["device"] == "cuda":
             kwargs["gpu_memory_utilization"] = float(cfg["gpu_memory_utilization"])
+        if cfg["sleep"]:
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_sleep_mode_available():
+                raise RuntimeError(f"{self.name}: vLLM has no sleep mode on this platform; set generator.sleep=never")
+            kwargs["enable_sleep_mode"] = True
         start = time.perf_counter()
         try:
             self.llm = LLM(**kwargs)
@@ -130,6 +148,22 @@ class GeneratorActor(WeightReceiverMixin):
         self.start_seconds = time.perf_counter() - start
         hf_config = self.llm.llm_engine.model_config.hf_config
         self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self._sleep()  # with sleep mode: the GPU is the learner's until the first generate
+
+    # ---- sleep mode (an engine that shares its GPU with a learner) -----------------------------
+
+    def _sleep(self) -> None:
+        """Level-1 sleep (weights to host memory, KV cache dropped) where sleep mode is on."""
+        if self.cfg["sleep"] and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = {"weights", "kv_cache"}
+
+    def _wake(self, *tags: str) -> None:
+        """Bring back the memory ``tags`` name (``"weights"``, ``"kv_cache"``) that sleep released."""
+        wanted = [t for t in tags if t in self._asleep]
+        if wanted:
+            self.llm.wake_up(tags=wanted)
+            self._asleep -= set(wanted)
 
     # ---- sampling ------------------------------------------------------------------------
 
@@ -157,9 +191,13 @@ class GeneratorActor(WeightReceiverMixin):
                 raise ValueError(f"{self.name}: prompt {i} has {len(prompt)} tokens; max_model_len is {limit}")
         if not prompts:
             return []
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts], params, use_tqdm=False
-        )
+        self._wake("weights", "kv_cache")
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts], params, use_tqdm=False
+            )
+        finally:
+            self._sleep()
         return [[self._sample(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
 
     def _sample(self, completion: Any) -> dict[str, Any]:
@@ -198,6 +236,7 @@ class GeneratorActor(WeightReceiverMixin):
         items = self._complete(named.items() if isinstance(named, (dict, NumpyState)) else named, counts)
         if int(self.cfg["tensor_parallel_size"]) > 1:
             items = list(items)  # worker processes need a picklable argument
+        self._wake("weights")  # new weights are written in place: they must be on the GPU
         self._incomplete = True  # until the reload below returns
         reload_start = time.perf_counter()
         try:
@@ -231,10 +270,11 @@ class GeneratorActor(WeightReceiverMixin):
     # ---- health --------------------------------------------------------------------------
 
     def ping(self) -> dict[str, Any]:
-        """``{"name", "index", "version", "pid", "model_path"}``: cheap liveness check (``model_path``:
-        the folder the engine loaded, a shipped copy where shipping is active)."""
+        """``{"name", "index", "version", "pid", "model_path", "asleep"}``: cheap liveness check
+        (``model_path``: the folder the engine loaded, a shipped copy where shipping is active;
+        ``asleep``: the vLLM memory tags sleep mode has released right now)."""
         return {"name": self.name, "index": self.index, "version": self.version, "pid": os.getpid(),
-                "model_path": self.cfg["model_path"]}
+                "model_path": self.cfg["model_path"], "asleep": sorted(self._asleep)}
 
 
 def keep_freed_memory() -> bool:

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from actors import common, files, model_io
+from actors import common, files, model_io, offload
 from actors.weight_sync import WeightSenderMixin
 from rlhf.objectives.base import GlobalCounts, Objective
 
@@ -117,6 +117,7 @@ class LearnerActor(WeightSenderMixin):
         self.engine = None
         self.reference: torch.nn.Module | None = None
         self.steps = 0
+        self.offloaded = False  # the optimizer state is in host memory (offload_states) until the next step
         common.set_threads()
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ class LearnerActor(WeightSenderMixin):
         The optimizer keeps its parameters (and, unless ``reset_optimizer``, its moment
         estimates); only the learning-rate schedule restarts. Returns the first step's rate.
         """
-        self._require_setup()
+        self._require_resident()
         sched = self.engine.lr_scheduler
         sched.base_lrs = [float(lr)] * len(sched.base_lrs)
         sched.lr_lambdas = [lambda s: common.lr_factor(s, int(warmup_steps), int(total_steps), float(min_lr_ratio))
@@ -228,10 +229,7 @@ class LearnerActor(WeightSenderMixin):
             group["lr"] = value
         sched._last_lr = first
         if reset_optimizer:
-            inner = self.engine.optimizer
-            while hasattr(inner, "optimizer"):  # ZeRO wrappers hold the torch optimizer
-                inner = inner.optimizer
-            for state in inner.state.values():
+            for state in offload.torch_optimizer(self.engine).state.values():
                 for key, value in state.items():
                     if isinstance(value, torch.Tensor):
                         value.zero_()
@@ -260,7 +258,7 @@ class LearnerActor(WeightSenderMixin):
         step used) and ``skipped`` (1.0 when a non-finite loss or gradient on any rank skipped
         the step: weights and optimizer state are then untouched).
         """
-        self._require_setup()
+        self._require_resident()
         gas = int(self.cfg["grad_accum"])
         if len(micro_batches) != gas:
             raise ValueError(
@@ -396,6 +394,29 @@ class LearnerActor(WeightSenderMixin):
         batch = common.to_device(batch, self.device)
         return model_io.policy_output(self.reference, batch, output, pack=bool(self.cfg["pack"])).float().cpu()
 
+    # ---- sharing a GPU with a vLLM engine -----------------------------------------------------
+
+    def offload_states(self) -> float:
+        """Move what only an optimizer step reads (Adam's state; under ZeRO 1-3 also the fp32
+        master weights and gradient partitions) to host memory, freeing device memory for a vLLM
+        engine on the same GPU (``actors.offload``). The model's weights stay: syncs and log-prob
+        forwards still work. The next ``train_step`` / ``start_stage`` / checkpoint call moves it
+        back. Every rank calls; returns the seconds it took (0 when already offloaded)."""
+        self._require_setup()
+        if self.offloaded:
+            return 0.0
+        start = time.perf_counter()
+        offload.offload(self.engine, int(self.cfg["zero_stage"]), self.device)
+        self.offloaded = True
+        return time.perf_counter() - start
+
+    def _require_resident(self) -> None:
+        """``_require_setup``, and the offloaded state back on the device first."""
+        self._require_setup()
+        if self.offloaded:
+            offload.reload(self.engine, int(self.cfg["zero_stage"]), self.device)
+            self.offloaded = False
+
     # ---- checkpoints --------------------------------------------------------------------------
 
     def save_checkpoint(self, folder: str, tag: str) -> str | dict[str, bytes]:
@@ -408,7 +429,7 @@ class LearnerActor(WeightSenderMixin):
         """
         from rlhf.checkpoint import save_rng
 
-        self._require_setup()
+        self._require_resident()
         ship = files.ships(self.cfg["ship"])
         with files.scratch() if ship else _null(folder) as target:
             self.engine.save_checkpoint(target, tag=tag, client_state={"learner_steps": self.steps},
@@ -427,7 +448,7 @@ class LearnerActor(WeightSenderMixin):
         """
         from rlhf.checkpoint import load_rng, set_rng_state
 
-        self._require_setup()
+        self._require_resident()
         ship = bool(shipped) and files.ships(self.cfg["ship"])
         name = Path(str(folder).rstrip("/")).name
         with files.fetched(shipped[0], name, self.cfg["timeout_s"]) if ship else _null(folder) as source:

@@ -169,6 +169,11 @@ class LearnerGroup:
         self.loaded_from = [where for _, where in results]
         return results[0][0]
 
+    def offload_states(self) -> float:
+        """Every rank moves its optimizer-only state to host memory until its next step (the
+        learner shares its GPU with a vLLM engine that is about to generate); the slowest rank's seconds."""
+        return max(self.group.call("offload_states"))
+
     def shutdown(self) -> None:
         self.group.shutdown()
 

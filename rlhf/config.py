@@ -122,6 +122,10 @@ class GeneratorConfig:
     max_restarts: int = 2  # a generator actor that dies is restarted this many times per run
     truncated: Literal["keep", "drop", "penalise"] = "keep"  # completions cut at max_tokens
     truncated_penalty: float = 0.0  # reward given to a truncated completion with truncated=penalise
+    # an engine and a learner on one GPU take turns (rlhf.driver.fit.takes_turns): vLLM sleeps while the learner
+    # trains, the learner's optimizer state waits in host memory while vLLM generates. auto: on with CUDA when
+    # both ask for a fraction of a GPU and generation does not run ahead (train.max_staleness=0); always; never
+    sleep: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -550,6 +554,12 @@ def _validate_online(cfg: RunConfig, objective: Any, params: Any) -> None:
             "prompt (a group baseline), which is undefined for a group of one (every advantage would be 0); "
             "set generator.n >= 2"
         )
+    if g.sleep == "always" and cfg.device == "cpu":
+        raise ConfigError("generator.sleep=always needs device=cuda: vLLM's sleep mode frees GPU memory (set it to never)")
+    if g.sleep == "always" and t.max_staleness > 0:
+        raise ConfigError(
+            f"generator.sleep=always needs train.max_staleness=0: with {t.max_staleness} the engine generates while "
+            "the learner trains, so they cannot take turns on the GPU")
     if cfg.model.max_prompt_length + g.max_tokens > g.max_model_len:
         raise ConfigError(
             f"model.max_prompt_length ({cfg.model.max_prompt_length}) + generator.max_tokens ({g.max_tokens}) must "

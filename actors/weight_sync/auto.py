@@ -2,7 +2,9 @@
 
 On CPU with every generator on learner rank 0's Ray node: ``shared_memory`` (one copy on the
 learner, none in between; measured fastest on one node). On GPU, or when some generator runs on
-another node: ``broadcast`` (NCCL with GPU-resident buckets; gloo across CPU nodes).
+another node: ``broadcast`` (NCCL with GPU-resident buckets; gloo across CPU nodes) - except when
+a generator shares learner rank 0's GPU (one GPU for both, ``rlhf.driver.fit``): NCCL cannot
+put two ranks of a group on one device, so ``shared_memory`` (through host memory) serves them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from actors.weight_sync.base import SENDER_NAME, SyncStats, WeightSyncError, actor_handles, generator_names, node_ids
+from actors.weight_sync.base import SENDER_NAME, SyncStats, WeightSyncError, actor_handles, generator_names, wait_named
 from actors.weight_sync.broadcast import BroadcastTransport
 from actors.weight_sync.shared_memory import SharedMemoryTransport
 
@@ -29,15 +31,9 @@ class AutoTransport:
         learners = actor_handles(learner_group)
         if not learners:
             raise ValueError("weight sync needs at least one learner actor")
-        self.backend, why = "broadcast", "GPU tensors stay on the GPU"
-        if self.device == "cpu":
-            names = generator_names(generators, self.timeout_s)
-            nodes = node_ids([(SENDER_NAME, learners[0]), *zip(names, generators)], self.timeout_s)
-            elsewhere = [name for name, node in zip(names, nodes[1:]) if node != nodes[0]]
-            if elsewhere:
-                why = f"{', '.join(elsewhere)} not on {SENDER_NAME}'s node"
-            else:
-                self.backend, why = "shared_memory", f"every generator on {SENDER_NAME}'s node"
+        names = generator_names(generators, self.timeout_s)
+        places = placements([(SENDER_NAME, learners[0]), *zip(names, generators)], self.timeout_s)
+        self.backend, why = choose(self.device, places[0], list(zip(names, places[1:])))
         cls = SharedMemoryTransport if self.backend == "shared_memory" else BroadcastTransport
         logger.info("weight sync: %s (%s)", self.backend, why)
         self.chosen = cls(timeout_s=self.timeout_s, bucket_mb=self.bucket_mb, device=self.device)
@@ -52,3 +48,32 @@ class AutoTransport:
         if self.chosen is not None:
             self.chosen.close()
         self.chosen = None
+
+
+Place = tuple[str, tuple[str, ...]]  # (Ray node id, the GPU ids Ray gave the actor)
+
+
+def choose(device: str, sender: Place, generators: Sequence[tuple[str, Place]]) -> tuple[str, str]:
+    """``(backend, why)`` for learner rank 0 at ``sender`` and ``(name, place)`` of each generator."""
+    elsewhere = [name for name, (node, _) in generators if node != sender[0]]
+    if device == "cpu":
+        if elsewhere:
+            return "broadcast", f"{', '.join(elsewhere)} not on {SENDER_NAME}'s node"
+        return "shared_memory", f"every generator on {SENDER_NAME}'s node"
+    sharing = [name for name, (node, gpus) in generators if node == sender[0] and set(gpus) & set(sender[1])]
+    if sharing:
+        return "shared_memory", f"{', '.join(sharing)} on {SENDER_NAME}'s GPU (NCCL needs one GPU per rank)"
+    return "broadcast", "GPU tensors stay on the GPU"
+
+
+def placements(named: Sequence[tuple[str, Any]], timeout_s: float) -> list[Place]:
+    """``(node id, GPU ids)`` of each ``(name, actor)`` (asked through ``__ray_call__``: any actor answers)."""
+    asked = [(name, actor.__ray_call__.remote(_place)) for name, actor in named]
+    return [(node, tuple(gpus)) for node, gpus in wait_named(asked, timeout_s, "weight-sync setup (placement)")]
+
+
+def _place(_actor: Any) -> tuple[str, list[str]]:
+    import ray
+
+    context = ray.get_runtime_context()
+    return context.get_node_id(), [str(g) for g in context.get_accelerator_ids().get("GPU", [])]

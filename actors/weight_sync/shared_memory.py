@@ -202,7 +202,8 @@ class SharedMemoryReceiver:
 
 class SharedMemoryTransport:
     """Driver side. ``timeout_s`` bounds set-up and each sync; ``bucket_mb`` does not apply. On
-    ``device="cuda"`` the weights would go through host memory: ``auto`` picks ``broadcast`` there."""
+    ``device="cuda"`` the weights go through host memory: ``auto`` picks ``broadcast`` there, unless
+    a generator shares learner rank 0's GPU (NCCL cannot put two ranks on one device)."""
 
     def __init__(self, timeout_s: float = 300.0, bucket_mb: float = 64.0, device: str = "cpu"):
         self.timeout_s = float(timeout_s)

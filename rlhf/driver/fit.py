@@ -11,7 +11,23 @@ setting alone; every change is printed and lands in ``config.yaml``:
   leaving the rest to the learner's weights, gradients and Adam state (a 135M model in bf16 with
   fp32 master weights needs about 2.5 GB plus activations).
 
-Not yet verified on a GPU by this project (it had none when this was written).
+Where a learner and an engine share a GPU they also take turns with its memory
+(``takes_turns``, ``generator.sleep``): the engine sleeps (vLLM's level-1 sleep: weights to host
+memory, KV cache dropped) except while it generates, and the learners move their optimizer
+state, fp32 master weights and gradient buffers to host memory (``actors.offload``) just before
+it generates, back at their next step. What the GPU must hold is then the larger of the two turns,
+not their sum (P parameters, bf16, ZeRO 1-2 at one rank, plus each process's CUDA context):
+
+- training: the learner's ~16 bytes/P (bf16 weights and gradients, fp32 master weights, Adam's
+  two moments) + activations (+ 2 bytes/P for a reference kept in the learner);
+- generating: the learner's bf16 weights (2 bytes/P, + 2 for the reference) + vLLM's bf16 weights
+  (2 bytes/P) + its KV cache (``generator.gpu_memory_utilization`` bounds vLLM's own part).
+
+SmolLM2-135M: ~2.2 GB + activations to train, ~0.6 GB + KV cache to generate; a 1.5B model ~24 GB
+and ~6 GB + KV cache.
+
+Not yet verified on a GPU by this project (it had none when this was written; on CPU the
+learner's offload is tested bit-exact, vLLM has no sleep mode there).
 """
 
 from __future__ import annotations
@@ -45,7 +61,20 @@ def fit_to_gpus(cfg: RunConfig, stages: list, gpus: int) -> tuple[RunConfig, lis
         memory = min(g.gpu_memory_utilization, SHARED_VLLM_MEMORY)
         cfg = dataclasses.replace(cfg, cluster=cluster,
                                   generator=dataclasses.replace(g, gpu_memory_utilization=memory))
+        turns = ("" if g.sleep == "never" or cfg.train.max_staleness
+                 else ", taking turns with its memory (generator.sleep)")
         changes.append(f"cluster.learner.num_gpus={SHARED_GPU_FRACTION} cluster.generator.num_gpus="
                        f"{SHARED_GPU_FRACTION} generator.gpu_memory_utilization={memory} "
-                       f"({gpus} GPU(s) for 1 learner + 1 vLLM engine: they share one)")
+                       f"({gpus} GPU(s) for 1 learner + 1 vLLM engine: they share one{turns})")
     return cfg, changes
+
+
+def takes_turns(cfg: RunConfig, device: str) -> bool:
+    """Whether the generators sleep between generations and the learners offload before them
+    (``generator.sleep``): ``always``/``never`` as given; ``auto`` on CUDA when the learner and the
+    generator each ask for a fraction of a GPU (they share one) and generation does not run ahead."""
+    g, c = cfg.generator, cfg.cluster
+    if g.sleep != "auto":
+        return g.sleep == "always"
+    fraction = [n is not None and 0.0 < n < 1.0 for n in (c.learner.num_gpus, c.generator.num_gpus)]
+    return device == "cuda" and all(fraction) and cfg.train.max_staleness == 0

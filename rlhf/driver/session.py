@@ -87,8 +87,10 @@ def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: in
     }
 
 
-def generator_config(cfg: RunConfig, model_path: str, device: str, ship: Shipping | None = None) -> dict[str, Any]:
-    """The plain dict ``actors.generator.GeneratorActor`` takes (``ship``: ``Session.shipping``'s record)."""
+def generator_config(cfg: RunConfig, model_path: str, device: str, ship: Shipping | None = None,
+                     sleep: bool = False) -> dict[str, Any]:
+    """The plain dict ``actors.generator.GeneratorActor`` takes (``ship``: ``Session.shipping``'s record;
+    ``sleep``: ``Session.takes_turns``)."""
     g = cfg.generator
     return {
         "model_path": model_path,
@@ -102,6 +104,7 @@ def generator_config(cfg: RunConfig, model_path: str, device: str, ship: Shippin
         "gpu_memory_utilization": g.gpu_memory_utilization,
         "max_num_batched_tokens": max(g.max_model_len, 2048),
         "ship": ship,
+        "sleep": bool(sleep),
     }
 
 
@@ -111,6 +114,9 @@ class Session:
     def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, score_head: bool) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg)
+        from rlhf.driver.fit import takes_turns
+
+        self.takes_turns = takes_turns(cfg, self.device)  # generators sleep, learners offload before they generate
         self.model_path = model_path
         self.total_steps = total_steps
         self.score_head = score_head
@@ -240,7 +246,7 @@ class Session:
         options = self._place("generator", self.cfg.generator.num_engines).options(index)  # a restart: same bundle
         remote = ray.remote(GeneratorActor).options(**options)
         return remote.remote(index, generator_config(self.cfg, self.model_path, self.device,
-                                                     self.shipping(self.model_path)))
+                                                     self.shipping(self.model_path), self.takes_turns))
 
     def _launch_generators(self) -> None:
         if self.generators or self._pending_generators:
@@ -308,6 +314,8 @@ class Session:
         """
         import ray
 
+        if self.takes_turns and self.learners is not None:
+            self.learners.offload_states()  # the engines wake into the GPU memory this frees
         k = len(self.generators)
         size = -(-len(prompts) // k)
         shards = {i: prompts[i * size : (i + 1) * size] for i in range(k) if prompts[i * size : (i + 1) * size]}

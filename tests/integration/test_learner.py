@@ -295,3 +295,52 @@ def test_an_actor_that_fails_to_start_is_named(ray_cluster, tiny_model):
 
     with pytest.raises(ActorCallError, match=r"ReferenceActor\[rank 0\]\.__init__ failed: .*zero_stage must be"):
         ActorGroup(ReferenceActor, 1, lambda rank: ({"model_path": tiny_model, "zero_stage": 7},), timeout_s=60)
+
+
+# -- sharing a GPU with a vLLM engine: offload_states between steps ---------------------------
+# On CPU both ends of the move are host memory, but the bookkeeping runs for real: DeepSpeed's
+# offload_states / reload_states of the ZeRO-2 optimizer (fp32 master weights, Adam's moments,
+# gradient partitions) and the ZeRO-0 path that moves the torch optimizer's state.
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", [0, 2])
+def test_offload_between_steps_changes_nothing_bit_for_bit(ray_cluster, tiny_model, tmp_path, stage):
+    from actors.group import start_learners
+
+    config = {**BASE, "model_path": tiny_model, "zero_stage": stage, "grad_accum": 2}
+    plain = start_learners(1, config, timeout_s=300)
+    shared = start_learners(1, config, timeout_s=300)
+    try:
+        for _ in range(3):
+            assert shared.call("offload_states")[0] >= 0.0
+            assert shared.call("offload_states") == [0.0]  # a second call finds nothing left to move
+            # between steps the weights are still there for a sync or a log-prob forward
+            assert shared.call("full_state_dict")[0].keys() == plain.call("full_state_dict")[0].keys()
+            a = plain.call("train_step", per_rank=step_args(PAIRS, 1, 2))[0]
+            b = shared.call("train_step", per_rank=step_args(PAIRS, 1, 2))[0]
+            assert a == b
+        want, got = plain.call("full_state_dict")[0], shared.call("full_state_dict")[0]
+        assert all(torch.equal(want[k], got[k]) for k in want)
+        # the optimizer state came back too: a checkpoint after an offload holds the same moments
+        shared.call("offload_states")
+        plain.call("save_checkpoint", str(tmp_path / "plain"), "t")
+        shared.call("save_checkpoint", str(tmp_path / "shared"), "t")
+        name, key = (("mp_rank_00_model_states.pt", "optimizer") if stage == 0
+                     else ("zero_pp_rank_0_mp_rank_00_optim_states.pt", "optimizer_state_dict"))
+        load = lambda root: torch.load(root / "t" / name, map_location="cpu", weights_only=False)[key]  # noqa: E731
+        want_opt, got_opt = load(tmp_path / "plain"), load(tmp_path / "shared")
+        assert _equal(want_opt, got_opt) and str(want_opt).count("tensor") > 0
+    finally:
+        plain.shutdown()
+        shared.shutdown()
+
+
+def _equal(a, b) -> bool:
+    """Nested dicts / lists / tensors equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b or (type(a) is type(b) and repr(a) == repr(b))  # e.g. DeepSpeed's loss scaler

@@ -331,7 +331,8 @@ def test_auto_falls_back_to_broadcast_across_nodes_and_on_gpu(monkeypatch):
     nodes = {"learner rank 0": "node-a", "generator 0": "node-a", "generator 1": "node-b"}
     for module in (auto, shared_memory):
         monkeypatch.setattr(module, "generator_names", lambda gens, _t: [f"generator {i}" for i in range(len(gens))])
-        monkeypatch.setattr(module, "node_ids", lambda named, _t: [nodes[name] for name, _ in named])
+    monkeypatch.setattr(shared_memory, "node_ids", lambda named, _t: [nodes[name] for name, _ in named])
+    monkeypatch.setattr(auto, "placements", lambda named, _t: [(nodes[name], ()) for name, _ in named])
     with pytest.raises(ValueError, match="needs every generator on learner rank 0's node; generator 1 run elsewhere"):
         make_transport("shared_memory", timeout_s=5).setup(["learner"], ["g0", "g1"])
 
@@ -343,6 +344,19 @@ def test_auto_falls_back_to_broadcast_across_nodes_and_on_gpu(monkeypatch):
         transport.setup(["learner"], gens)
         assert transport.backend == chosen[-1][0]
     assert chosen == [("broadcast", "gloo"), ("broadcast", "nccl"), ("shared_memory", None)]
+
+
+def test_auto_choice_by_node_and_gpu():
+    """One GPU shared by learner rank 0 and an engine -> shared_memory (NCCL needs one GPU per rank)."""
+    from actors.weight_sync.auto import choose
+
+    assert choose("cuda", ("a", ("0",)), [("generator 0", ("a", ("1",)))])[0] == "broadcast"
+    backend, why = choose("cuda", ("a", ("0",)), [("generator 0", ("a", ("1",))), ("generator 1", ("a", ("0",)))])
+    assert backend == "shared_memory" and why.startswith("generator 1 on learner rank 0's GPU")
+    assert choose("cuda", ("a", ("0",)), [("generator 0", ("b", ("0",)))])[0] == "broadcast"  # same id, other node
+    assert choose("cpu", ("a", ()), [("generator 0", ("a", ()))])[0] == "shared_memory"
+    assert choose("cpu", ("a", ()), [("generator 0", ("b", ()))]) == ("broadcast", "generator 0 not on learner "
+                                                                      "rank 0's node")
 
 
 def test_weight_store_listens_on_the_cluster_address_and_needs_the_group_secret():

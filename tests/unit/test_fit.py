@@ -27,3 +27,36 @@ def test_one_gpu_grpo_shares_it_between_the_learner_and_the_engine():
     assert cfg.cluster.learner.num_gpus is None and not changes
     cfg, changes = fit("simpo", 1)  # nothing to share
     assert not changes
+
+
+def test_a_shared_gpu_takes_turns_unless_told_otherwise():
+    from rlhf.config import ConfigError
+    from rlhf.driver.fit import takes_turns
+
+    cfg, changes = fit("grpo", 1)
+    assert takes_turns(cfg, "cuda") and "taking turns with its memory" in changes[0]
+    assert not takes_turns(cfg, "cpu")  # vLLM has no sleep mode on CPU
+    assert not takes_turns(fit("grpo", 2)[0], "cuda")  # a GPU each: nothing to share
+    assert not takes_turns(fit("grpo", 1, "generator.sleep=never")[0], "cuda")
+    ahead, changes = fit("grpo", 1, "train.max_staleness=1")  # generation overlaps training: no turns
+    assert not takes_turns(ahead, "cuda") and "taking turns" not in changes[0]
+    assert takes_turns(build_config(algo="grpo", overrides=["device=cuda", "generator.sleep=always"]), "cuda")
+    for overrides, message in ((["device=cpu", "generator.sleep=always"], "needs device=cuda"),
+                               (["device=cuda", "generator.sleep=always", "train.max_staleness=1"],
+                                "needs train.max_staleness=0")):
+        try:
+            build_config(algo="grpo", overrides=overrides)
+        except ConfigError as err:
+            assert message in str(err)
+        else:
+            raise AssertionError(f"{overrides} was accepted")
+
+
+def test_the_generator_refuses_sleep_mode_off_cuda():
+    import pytest
+
+    from actors.generator import resolve_config
+
+    with pytest.raises(ValueError, match="sleep mode needs device 'cuda'"):
+        resolve_config({"model_path": "m", "sleep": True})
+    assert resolve_config({"model_path": "m", "device": "cuda", "sleep": True})["sleep"] is True
