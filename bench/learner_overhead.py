@@ -11,6 +11,11 @@ Times one optimizer step of SimPO on the same pairs four ways, in this one proce
   log-softmax, SimPO loss, backward, clip, torch AdamW.
 - ``project-zero0`` / ``-zero1`` / ``-zero2``: the learner's own path (completion-only output
   head, shared-prefix packing) under a DeepSpeed engine at that ZeRO stage, fused AdamW.
+- ``project-zeroN-nopack`` (with ``--nopack``): the same without packing (padded rows, a plain
+  causal mask: on a GPU the attention kernels a 4D packing mask rules out stay available).
+- ``learner-zeroN`` (the first stage): ``actors.learner.LearnerActor.train_step`` itself, in this
+  process: everything one step of the learner does besides the model (moving the batch to the
+  device, the finiteness checks, the metrics and their all-reduce).
 
 Prints min / median seconds per step and each one's ratio to ``plain``, plus a torch.profiler
 table of the top operators of one ``project-zero0`` step.
@@ -34,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--nopack", action="store_true", help="also time each project path without packing")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="bfloat16: the project runs DeepSpeed bf16 (ZeRO >= 1), plain runs bf16 autocast")
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.zero_grad(set_to_none=True)
         return step
 
-    def project_runner(stage: int):
+    def project_runner(stage: int, pack: bool = True):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.config.use_cache = False
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), **common.adamw_kernel(a.device))
@@ -92,14 +98,30 @@ def main(argv: list[str] | None = None) -> int:
         engine.enable_backward_allreduce = stage > 0  # as the learner does at one rank, ZeRO-0
 
         def step():
-            out = model_io.policy_output(engine, batch, "token_logps", pack=True)
+            out = model_io.policy_output(engine, batch, "token_logps", pack=pack)
             loss, _ = simpo.loss(out, batch, params, counts)
             engine.backward(loss, scale_wrt_gas=False)
             engine.step()
         return step
 
+    def learner_runner(stage: int):
+        from actors.learner import LearnerActor
+
+        learner = LearnerActor(0, 1, {"model_path": path, "dtype": a.dtype, "device": a.device, "zero_stage": stage,
+                                      "lr": 1e-6, "adam_betas": (0.9, 0.95), "max_grad_norm": 1.0,
+                                      "micro_batch_size": a.pairs, "timeout_s": 300})
+        learner.setup("127.0.0.1", _free_port())  # the process group exists already: joined as is
+        from rlhf.objectives import GlobalCounts
+
+        host = collate_pairs(examples[: a.pairs], tok.pad_token_id)
+        totals = GlobalCounts(examples=counts.examples, tokens=counts.tokens)
+        return lambda: learner.train_step([host], simpo, params, totals)
+
     stages = (1, 2) if bf16 else (0, 1, 2)  # DeepSpeed bf16 keeps fp32 master weights from stage 1
     runners = {"plain": plain_runner(), **{f"project-zero{s}": project_runner(s) for s in stages}}
+    if a.nopack:
+        runners.update({f"project-zero{s}-nopack": project_runner(s, pack=False) for s in stages})
+    runners[f"learner-zero{stages[0]}"] = learner_runner(stages[0])
     times: dict[str, list[float]] = {k: [] for k in runners}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(a.steps + 1):
@@ -110,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             sync()
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["plain"][1:])
-    print(f"{'path':<16}{'min s':>8}{'median s':>10}{'plain / this':>14}")
+    print(f"{'path':<24}{'min s':>8}{'median s':>10}{'plain / this':>14}")
     for name, values in times.items():
         values = values[1:]
         median = statistics.median(values)
-        print(f"{name:<16}{min(values):>8.3f}{median:>10.3f}{base / median:>13.2f}x")
+        print(f"{name:<24}{min(values):>8.3f}{median:>10.3f}{base / median:>13.2f}x")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -123,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             runners[f"project-zero{stages[0]}"]()
             sync()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        if device.type == "cuda":
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
     return 0
 
 
