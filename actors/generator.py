@@ -24,6 +24,7 @@ Config (a plain dict; defaults in ``DEFAULTS``):
 | logprobs_mode          | "raw_logprobs"| what ``logps`` holds, see ``generate``                       |
 | ship                   | None          | ``actors.files.Shipping``: the model comes through Ray       |
 | sleep                  | False         | vLLM sleep mode between generations (CUDA; see below)        |
+| trust_remote_code      | False         | run model code shipped with the folder                       |
 
 Sleep (``sleep=True``, for an engine that shares its GPU with a learner: ``generator.sleep``).
 The engine starts with vLLM's sleep mode on and goes to sleep (level 1: weights copied to host
@@ -70,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "logprobs_mode": "raw_logprobs",
     "ship": None,
     "sleep": False,
+    "trust_remote_code": False,
 }
 SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop_token_ids", "min_tokens")
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
@@ -127,6 +129,7 @@ class GeneratorActor(WeightReceiverMixin):
             enforce_eager=bool(cfg["enforce_eager"]),
             logprobs_mode=cfg["logprobs_mode"],
             tensor_parallel_size=int(cfg["tensor_parallel_size"]),
+            trust_remote_code=bool(cfg["trust_remote_code"]),
         )
         if cfg["kv_cache_bytes"] is not None:
             kwargs["kv_cache_memory_bytes"] = int(cfg["kv_cache_bytes"])

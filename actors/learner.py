@@ -37,6 +37,7 @@ Config (a plain dict built by the driver; defaults in ``DEFAULTS``):
 | reference_colocated    | False       | also hold a frozen copy of the initial model (compute_reference)|
 | pack                   | True        | rows sharing a prompt run it once (``rlhf.packing``)            |
 | ship                   | None        | ``actors.files.Shipping``: model in, outputs back through Ray   |
+| trust_remote_code      | False       | run model code shipped with the folder (model.trust_remote_code) |
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "reference_colocated": False,
     "pack": True,
     "ship": None,
+    "trust_remote_code": False,
 }
 
 
@@ -143,7 +145,7 @@ class LearnerActor(WeightSenderMixin):
         self._deepspeed = deepspeed
 
         torch.manual_seed(int(cfg["seed"]))
-        model = model_io.load_model(cfg["model_path"], cfg["score_head"], torch.float32)
+        model = model_io.load_model(cfg["model_path"], cfg["score_head"], torch.float32, bool(cfg["trust_remote_code"]))
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if int(cfg["lora_r"]) > 0:
@@ -207,7 +209,8 @@ class LearnerActor(WeightSenderMixin):
     def _frozen_copy(self) -> torch.nn.Module:
         dtype = common.torch_dtype(self.cfg["dtype"])
         torch.manual_seed(int(self.cfg["seed"]))  # a new score head starts exactly as the policy's
-        model = model_io.load_model(self.cfg["model_path"], self.cfg["score_head"], dtype).to(self.device)
+        model = model_io.load_model(self.cfg["model_path"], self.cfg["score_head"], dtype,
+                                    bool(self.cfg["trust_remote_code"])).to(self.device)
         model.eval().requires_grad_(False)
         return model
 

@@ -34,8 +34,10 @@ Gather = Callable[[list[torch.nn.Parameter]], contextlib.AbstractContextManager]
 OUTPUTS = ("token_logps", "score")
 
 
-def load_model(model_path: str, score_head: bool, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Load ``model_path`` as a causal LM, or as a 1-label sequence classifier when ``score_head``.
+def load_model(model_path: str, score_head: bool, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> torch.nn.Module:
+    """Load ``model_path`` as a causal LM, or as a 1-label sequence classifier when ``score_head``
+    (``trust_remote_code``: run model code shipped with the folder, ``model.trust_remote_code``).
 
     From a causal LM folder the ``score`` layer is new (initialised from torch's current seed);
     from a saved scoring folder it is the trained one. A model without ``pad_token_id`` gets the
@@ -44,12 +46,13 @@ def load_model(model_path: str, score_head: bool, dtype: torch.dtype = torch.flo
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if score_head:
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=dtype,
+                                                                   trust_remote_code=trust_remote_code)
         if model.config.pad_token_id is None:
             eos = model.config.eos_token_id
             model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
     model.config.use_cache = False
     return model
 

@@ -16,7 +16,8 @@ from actors import common, files, model_io
 
 class ReferenceActor:
     """Frozen initial model. ``config`` is the learner's config dict (same keys and checks);
-    the reference reads ``model_path``, ``dtype``, ``device``, ``score_head``, ``seed`` and ``ship``
+    the reference reads ``model_path``, ``dtype``, ``device``, ``score_head``, ``seed``,
+    ``trust_remote_code`` and ``ship``
     (the model comes through Ray where shipping is active, ``actors.files``)."""
 
     def __init__(self, config: dict[str, Any]):
@@ -29,7 +30,8 @@ class ReferenceActor:
         self.device = common.local_device(self.cfg["device"])
         torch.manual_seed(int(self.cfg["seed"]))  # a new score head starts exactly as the learner's
         dtype = common.torch_dtype(self.cfg["dtype"])
-        self.model = model_io.load_model(self.cfg["model_path"], self.cfg["score_head"], dtype).to(self.device)
+        self.model = model_io.load_model(self.cfg["model_path"], self.cfg["score_head"], dtype,
+                                         bool(self.cfg["trust_remote_code"])).to(self.device)
         self.model.eval().requires_grad_(False)
 
     def info(self) -> dict[str, Any]:

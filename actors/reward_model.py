@@ -39,6 +39,7 @@ _DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "batch_size": 8,
     "ship": None,
+    "trust_remote_code": False,
 }
 
 
@@ -48,7 +49,8 @@ class RewardModelActor:
     Config keys: ``model_path`` (required), ``tokenizer_path`` (default: ``model_path``; only
     needed when text is given), ``dtype`` (``float32`` / ``bfloat16``), ``device`` (``cpu`` /
     ``cuda``), ``batch_size`` (sequences per forward pass), ``ship`` (an ``actors.files.Shipping``:
-    the model folder comes through Ray where shipping is active).
+    the model folder comes through Ray where shipping is active), ``trust_remote_code`` (run code
+    shipped with the folder).
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -69,7 +71,8 @@ class RewardModelActor:
         self.batch_size = int(cfg["batch_size"])
         path = ensure_local(str(cfg["model_path"]), cfg["ship"])  # a shipped copy where shipping is active
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype(str(cfg["dtype"])))
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=torch_dtype(str(cfg["dtype"])), trust_remote_code=bool(cfg["trust_remote_code"]))
         except OSError as e:
             raise OSError(f"cannot load a reward model from {path!r}: {str(e).strip().splitlines()[0]}") from None
         if model.config.num_labels != 1 or not hasattr(model, "score"):
@@ -80,7 +83,7 @@ class RewardModelActor:
         self.model = model.to(self.device).eval()
         tokenizer_path = str(cfg["tokenizer_path"] or path)
         try:
-            self.tokenizer = load_tokenizer(tokenizer_path)
+            self.tokenizer = load_tokenizer(tokenizer_path, bool(cfg["trust_remote_code"]))
         except (OSError, ValueError):
             self.tokenizer = None  # token ids still work; text fails with a clear error in _ids
         self.tokenizer_path = tokenizer_path

@@ -555,7 +555,8 @@ def _validate_online(cfg: RunConfig, objective: Any, params: Any) -> None:
             "set generator.n >= 2"
         )
     if g.sleep == "always" and cfg.device == "cpu":
-        raise ConfigError("generator.sleep=always needs device=cuda: vLLM's sleep mode frees GPU memory (set it to never)")
+        raise ConfigError("generator.sleep=always needs device=cuda: vLLM's sleep mode frees GPU memory "
+                          "(set it to never)")
     if g.sleep == "always" and t.max_staleness > 0:
         raise ConfigError(
             f"generator.sleep=always needs train.max_staleness=0: with {t.max_staleness} the engine generates while "

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, help="seed of rg: task rows (default: --seed)")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
     p.add_argument("--output", metavar="FILE.json", help="write every number and the settings here")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code shipped with a model folder (as model.trust_remote_code in a run)")
     return p
 
 
@@ -150,11 +152,11 @@ def load_data(spec: str, kind: str, limit: int | None, seed: int) -> tuple[str, 
     return kind, rows
 
 
-def _tokenizer(path: str):
+def _tokenizer(path: str, trust_remote_code: bool = False):
     from rlhf.models import load_tokenizer
 
     try:
-        return load_tokenizer(path)
+        return load_tokenizer(path, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise InputError(_first_line(exc)) from None
 
@@ -162,7 +164,7 @@ def _tokenizer(path: str):
 # ---- prompts -------------------------------------------------------------------------------
 
 
-def local_reward_model(path: str, device: str, name: str = "reward_model"):
+def local_reward_model(path: str, device: str, name: str = "reward_model", trust_remote_code: bool = False):
     """A batch reward scoring ``prompt + completion`` with a ``--algo rm`` folder in this process.
 
     Same inputs as ``actors.reward_model.reward_model_reward`` (``prompt_ids`` / ``completion_ids``
@@ -174,7 +176,7 @@ def local_reward_model(path: str, device: str, name: str = "reward_model"):
     from rlhf.rewards import batched
 
     threads = torch.get_num_threads()
-    scorer = RewardModelActor({"model_path": path, "device": device})
+    scorer = RewardModelActor({"model_path": path, "device": device, "trust_remote_code": trust_remote_code})
     with contextlib.suppress(RuntimeError):
         torch.set_num_threads(threads)  # the actor pins the threads Ray gave it; here the process has all
 
@@ -224,7 +226,7 @@ def evaluate_prompts(args: argparse.Namespace, rows: list[dict], report: dict[st
     reward_model = _model_folder(args.reward_model, "reward model") if args.reward_model else None
     names = _reward_spec(args)
     _dry_run(names, rows[0])
-    tokenizer = _tokenizer(model_path)
+    tokenizer = _tokenizer(model_path, args.trust_remote_code)
     try:
         prompts, stats = tokenize_prompts(rows, tokenizer, max_prompt_length=args.max_prompt_length,
                                           policy="truncate", source=args.data)
@@ -241,7 +243,7 @@ def evaluate_prompts(args: argparse.Namespace, rows: list[dict], report: dict[st
     started = time.perf_counter()
     longest = max(len(p["prompt_ids"]) for p in prompts)
     generator = GeneratorActor(0, {
-        "model_path": model_path, "device": device, "seed": args.seed,
+        "model_path": model_path, "device": device, "seed": args.seed, "trust_remote_code": args.trust_remote_code,
         "max_model_len": longest + args.max_tokens + 1, "kv_cache_bytes": GeneratorConfig().kv_cache_mb << 20,
     })
     report["timing"]["engine_start_s"] = round(time.perf_counter() - started, 3)
@@ -253,7 +255,8 @@ def evaluate_prompts(args: argparse.Namespace, rows: list[dict], report: dict[st
 
     spec: list[Any] = list(names)
     if reward_model:
-        spec.append({"name": "reward_model", "fn": local_reward_model(reward_model, device)})
+        spec.append({"name": "reward_model",
+                     "fn": local_reward_model(reward_model, device, trust_remote_code=args.trust_remote_code)})
     started = time.perf_counter()
     metrics = score_generations(samples, prompts, spec, k=args.samples, threshold=args.threshold, details=True)
     report["timing"]["score_s"] = round(time.perf_counter() - started, 3)
@@ -317,10 +320,10 @@ def pair_accuracy(model: Any, objective_name: str, pairs: Sequence[dict], pad_id
     return {key.removeprefix("eval/"): float(value) for key, value in result.items()}
 
 
-def _is_reward_model(path: str) -> bool:
+def _is_reward_model(path: str, trust_remote_code: bool = False) -> bool:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     archs = getattr(config, "architectures", None) or []
     return any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == 1
 
@@ -334,7 +337,7 @@ def evaluate_pairs(args: argparse.Namespace, rows: list[dict], report: dict[str,
 
     if args.reward_model:
         scorer_path, objective = _model_folder(args.reward_model, "reward model"), "rm"
-        if not _is_reward_model(scorer_path):
+        if not _is_reward_model(scorer_path, args.trust_remote_code):
             raise InputError(f"reward model {args.reward_model!r} is not a 1-label sequence classifier "
                              "(a folder saved by --algo rm)")
     elif args.model:
@@ -342,7 +345,7 @@ def evaluate_pairs(args: argparse.Namespace, rows: list[dict], report: dict[str,
     else:
         raise InputError("pairs need --model (implicit reward) or --reward-model")
     reference_path = _model_folder(args.reference, "reference") if args.reference else None
-    tokenizer = _tokenizer(scorer_path)
+    tokenizer = _tokenizer(scorer_path, args.trust_remote_code)
     try:
         pairs, stats = tokenize_pairs(rows, tokenizer, max_length=args.max_length,
                                       max_prompt_length=args.max_prompt_length, policy="truncate", source=args.data)
@@ -355,8 +358,10 @@ def evaluate_pairs(args: argparse.Namespace, rows: list[dict], report: dict[str,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report["settings"]["device"] = device
     started = time.perf_counter()
-    model = load_model(scorer_path, score_head=objective == "rm").to(device).eval()
-    reference = load_model(reference_path, score_head=False).to(device).eval() if reference_path else None
+    trust = args.trust_remote_code
+    model = load_model(scorer_path, score_head=objective == "rm", trust_remote_code=trust).to(device).eval()
+    reference = (load_model(reference_path, score_head=False, trust_remote_code=trust).to(device).eval()
+                 if reference_path else None)
     report["timing"]["load_s"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     report["metrics"] = pair_accuracy(model, objective, pairs, tokenizer.pad_token_id, reference, args.beta,

@@ -148,7 +148,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
     model_path = resolve_model(cfg.model.path)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     score_head = any(get(s.cfg.algo).output == "score" for s in stages)
     if score_head and len(stages) > 1:
         raise ConfigError("a reward-model stage trains a scoring head and cannot share a schedule with policy stages")
@@ -251,8 +251,11 @@ def _restore(session: Any, checkpoint: Path, state: Any, load_rng: Any, set_rng_
 def _learner_death(err: BaseException, out: Path) -> BaseException:
     """A learner that died (or failed) ends the run with one line naming it and how to resume."""
     from actors.group import ActorCallError
+    from rlhf.checkpoint import latest_complete
 
     if isinstance(err, ActorCallError) and "Learner" in str(err):
+        if latest_complete(out) is None:  # nothing to resume from: say so rather than offer --resume
+            return RuntimeError(f"{err} -- the run stopped before its first checkpoint")
         return RuntimeError(f"{err} -- the run stopped; continue it with: python -m rlhf.run --resume {out}")
     return err
 

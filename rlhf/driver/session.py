@@ -84,6 +84,7 @@ def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: in
         "adam_betas": tuple(t.adam_betas),
         "pack": t.pack,
         "ship": ship,
+        "trust_remote_code": m.trust_remote_code,
     }
 
 
@@ -105,6 +106,7 @@ def generator_config(cfg: RunConfig, model_path: str, device: str, ship: Shippin
         "max_num_batched_tokens": max(g.max_model_len, 2048),
         "ship": ship,
         "sleep": bool(sleep),
+        "trust_remote_code": cfg.model.trust_remote_code,
     }
 
 
@@ -412,7 +414,7 @@ class Session:
         if self.reward_model is None:
             self.reward_model = RewardModelService(
                 {"model_path": path, "dtype": self.cfg.model.dtype, "device": self.device,
-                 "ship": self.shipping(path)},
+                 "ship": self.shipping(path), "trust_remote_code": self.cfg.model.trust_remote_code},
                 self._place("reward_model", 1).options(0),
                 max_restarts=self.cfg.generator.max_restarts, timeout_s=self.cfg.timeout_s,
                 limit_name="generator.max_restarts")

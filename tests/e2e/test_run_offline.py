@@ -82,3 +82,40 @@ def test_imported_objective_trains_in_the_learner_actors(tiny_model, tmp_path, r
 
     before, after = load_file(f"{tiny_model}/model.safetensors"), load_file(str(out / "model" / "model.safetensors"))
     assert any(not before[k].equal(after[k]) for k in before), "the slic loss moved the learners' weights"
+
+
+CUSTOM_CODE = '''from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class CustomLlamaConfig(LlamaConfig):
+    model_type = "custom_llama"
+
+
+class CustomLlamaForCausalLM(LlamaForCausalLM):
+    config_class = CustomLlamaConfig
+'''
+
+
+def test_a_model_that_ships_its_code_trains_with_trust_remote_code(tiny_model, tmp_path, run_cli):
+    """model.trust_remote_code reaches every process that loads the model: the driver's tokenizer,
+    the learner and the separate reference actor of DPO (transformers knows no ``custom_llama``)."""
+    import shutil
+
+    model = tmp_path / "custom-model"
+    shutil.copytree(tiny_model, model)
+    (model / "modeling_custom.py").write_text(CUSTOM_CODE)
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="custom_llama", architectures=["CustomLlamaForCausalLM"],
+                  auto_map={"AutoConfig": "modeling_custom.CustomLlamaConfig",
+                            "AutoModelForCausalLM": "modeling_custom.CustomLlamaForCausalLM"})
+    (model / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    args = ("--algo", "dpo", "--max-steps", "1", "--output-dir", str(out), "--model", str(model),
+            "data.size=16", "data.eval_size=4", "progress=false")
+    refused = run_cli(*args, timeout=120)
+    assert refused.returncode == 2 and "model.trust_remote_code=true" in refused.stderr
+    proc = run_cli(*args, "model.trust_remote_code=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["actors"]["reference"] == 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1]
