@@ -331,9 +331,10 @@ class LearnerActor(WeightSenderMixin):
 
     def _all_finite(self, value: torch.Tensor | None) -> bool:
         """Whether ``value`` is finite on every rank (a collective: every rank calls it at the same point)."""
-        bad = torch.zeros(1, device=self.device)
-        if value is not None:
-            bad[0] = float(not bool(torch.isfinite(value.detach()).all()))
+        if value is None:
+            bad = torch.zeros(1, device=self.device)
+        else:  # computed on the device: the one host sync is the .item() after the all-reduce
+            bad = (~torch.isfinite(value.detach())).any().float().reshape(1).to(self.device)
         torch.distributed.all_reduce(bad)
         return not bool(bad.item())
 
