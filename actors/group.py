@@ -12,6 +12,7 @@ collective that will never complete: shut the group down then).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,6 +20,12 @@ from typing import Any
 import ray
 
 from actors.placement import Placement, RoleResources, actor_nodes, place
+
+#: Held while one call is submitted to every rank of a group (here and in the weight-sync
+#: transports). Two driver threads (generation running ahead, which may re-sync weights, and the
+#: training loop) then never interleave their submissions, so every rank runs the collectives of
+#: both calls in the same order: an interleaved order would leave the ranks waiting on each other.
+FAN_OUT = threading.RLock()
 
 
 class ActorCallError(RuntimeError):
@@ -95,8 +102,10 @@ class ActorGroup:
                 raise ValueError(f"{self.name}.{method}: pass either shared args or per_rank, not both")
             if len(per_rank) != self.n:
                 raise ValueError(f"{self.name}.{method}: per_rank has {len(per_rank)} entries for {self.n} actors")
-            return [getattr(a, method).remote(*per_rank[i]) for i, a in enumerate(self.actors)]
-        return [getattr(a, method).remote(*args) for a in self.actors]
+        with FAN_OUT:
+            if per_rank is not None:
+                return [getattr(a, method).remote(*per_rank[i]) for i, a in enumerate(self.actors)]
+            return [getattr(a, method).remote(*args) for a in self.actors]
 
     def call(self, method: str, *args: Any, per_rank: Sequence[tuple] | None = None,
              timeout_s: float | None = None) -> list:

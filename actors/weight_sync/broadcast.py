@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from actors.group import FAN_OUT
 from actors.weight_sync.base import (
     SENDER_NAME,
     SyncStats,
@@ -395,7 +396,8 @@ class BroadcastTransport:
         if not self.learners:
             raise WeightSyncError("broadcast transport: sync() before setup()")
         start = time.perf_counter()
-        sends = [lr.broadcast_weights.remote(version, self.bucket_mb, self.device) for lr in self.learners]
+        with FAN_OUT:  # every rank gets this call in the same order as the training loop's (actors.group)
+            sends = [lr.broadcast_weights.remote(version, self.bucket_mb, self.device) for lr in self.learners]
         receives = [g.receive_weights.remote(version) for g in self.generators]
         calls = [(f"learner rank {r}", ref) for r, ref in enumerate(sends)] + list(zip(self.names, receives))
         results = wait_named(calls, self.timeout_s + 5.0, f"weight sync v{version} (broadcast)")

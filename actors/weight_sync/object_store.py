@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from actors.group import FAN_OUT
 from actors.weight_sync.base import (
     SyncStats,
     actor_handles,
@@ -55,7 +56,8 @@ class ObjectStoreTransport:
 
     def sync(self, version: int) -> SyncStats:
         start = time.perf_counter()
-        exports = [lr.export_weights.remote(version) for lr in self.learners]
+        with FAN_OUT:  # every rank gets this call in the same order as the training loop's (actors.group)
+            exports = [lr.export_weights.remote(version) for lr in self.learners]
         loads = [g.load_weights.remote(exports[0], version) for g in self.generators]
         calls = [(f"learner rank {r}", ref) for r, ref in enumerate(exports)] + list(zip(self.names, loads))
         results = wait_named(calls, self.timeout_s, f"weight sync v{version} (object_store)")

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from actors.group import FAN_OUT
 from actors.weight_sync.base import (
     SENDER_NAME,
     SyncStats,
@@ -230,7 +231,8 @@ class SharedMemoryTransport:
         if not self.learners:
             raise WeightSyncError("shared_memory transport: sync() before setup()")
         start = time.perf_counter()
-        writes = [lr.write_shared_weights.remote(version, self._fresh) for lr in self.learners]
+        with FAN_OUT:  # every rank gets this call in the same order as the training loop's (actors.group)
+            writes = [lr.write_shared_weights.remote(version, self._fresh) for lr in self.learners]
         loads = [g.load_shared_weights.remote(writes[0], version) for g in self.generators]
         calls = [(f"learner rank {r}", ref) for r, ref in enumerate(writes)] + list(zip(self.names, loads))
         self._fresh = True  # until this sync succeeds: a generator may still be reading the current file

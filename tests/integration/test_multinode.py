@@ -109,6 +109,40 @@ def test_actor_nodes_report_where_each_actor_runs(ray_cluster):
         placement.release()
 
 
+def test_two_threads_calling_a_group_reach_every_rank_in_the_same_order(ray_cluster):
+    """Generation ahead (a thread that may re-sync weights) and the training loop both fan calls out
+    to the learner ranks: each call reaches every rank in one order, or collectives would cross."""
+    import threading
+
+    from actors.group import ActorGroup
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def note(self, tag: str) -> None:
+            self.seen.append(tag)
+
+        def log(self) -> list[str]:
+            return self.seen
+
+    group = ActorGroup(Recorder, 3, lambda rank: (), num_cpus=0.1, name="recorder", timeout_s=60)
+    try:
+        def submit(thread: str) -> None:
+            for i in range(300):
+                group.call_async("note", f"{thread}{i}")
+
+        threads = [threading.Thread(target=submit, args=(t,)) for t in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        logs = group.call("log")
+        assert len(logs[0]) == 600 and logs[1] == logs[0] and logs[2] == logs[0]
+    finally:
+        group.shutdown()
+
+
 # -- a real two-node cluster --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
