@@ -13,8 +13,9 @@ node-local scratch folder and return its files as ``{relative_path: bytes}`` (``
 
 Checkpoints in again (``--resume``). ``LearnerGroup.load_checkpoint`` packs what the learners read
 of the driver's checkpoint folder (``pack_checkpoint``) and ``ray.put``s it once; a rank where
-shipping is active writes it to a scratch folder (``fetched``) and loads from there, a rank on
-the driver's node reads the folder itself. Everything passes
+shipping is active writes it to a scratch folder (``fetched``) and loads from there; a rank where
+it is not (``auto``: on the driver's node) reads the folder itself, and when no rank ships nothing
+is packed. Everything passes
 through Ray's object store as one ``bytes`` per file: fine for models and checkpoints that fit
 in the object store and the driver's memory; a very large checkpoint should use a shared
 filesystem (``cluster.ship_files=never``) until files stream in chunks.

@@ -132,7 +132,8 @@ class LearnerActor(WeightSenderMixin):
         """Join the process group, build the model and its DeepSpeed engine.
 
         Returns ``{"params", "trainable_params", "setup_s", "device", "backend", "dtype", "zero_stage",
-        "model_path"}`` (``model_path``: the folder it loaded, a shipped copy when shipping is active).
+        "model_path", "ships"}`` (``model_path``: the folder it loaded, a shipped copy when shipping is
+        active; ``ships``: whether it is, for this rank).
         """
         start = time.perf_counter()
         cfg = self.cfg
@@ -182,6 +183,7 @@ class LearnerActor(WeightSenderMixin):
             "dtype": cfg["dtype"],
             "zero_stage": cfg["zero_stage"],
             "model_path": cfg["model_path"],
+            "ships": files.ships(cfg["ship"]),
         }
 
     def _param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -401,8 +403,8 @@ class LearnerActor(WeightSenderMixin):
     # ---- sharing a GPU with a vLLM engine -----------------------------------------------------
 
     def offload_states(self) -> float:
-        """Move what only an optimizer step reads (Adam's state; under ZeRO 1-3 also the fp32
-        master weights and gradient partitions) to host memory, freeing device memory for a vLLM
+        """Move what only an optimizer step reads (Adam's state; under ZeRO 1-2 also the fp32
+        master weights, under ZeRO 1-3 the gradient partitions) to host memory, freeing device memory for a vLLM
         engine on the same GPU (``actors.offload``). The model's weights stay: syncs and log-prob
         forwards still work. The next ``train_step`` / ``start_stage`` / checkpoint call moves it
         back. Every rank calls; returns the seconds it took (0 when already offloaded)."""

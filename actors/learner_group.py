@@ -159,7 +159,7 @@ class LearnerGroup:
         (``actors.files.pack_checkpoint``) is put into Ray's object store once and each rank on
         another node loads a local copy (``loaded_from`` says which folder each rank read)."""
         shipped = None
-        if self.ship is not None:
+        if self.ship is not None and any(info.get("ships") for info in self.info):
             import ray
 
             from actors.files import pack_checkpoint

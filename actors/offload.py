@@ -4,9 +4,12 @@ When one GPU holds a learner and a vLLM engine (``generator.sleep``, see ``rlhf.
 they take turns: the engine sleeps while the learner trains, and the learner moves what only an
 optimizer step needs to host memory while the engine generates. What moves:
 
-- ZeRO 1-3 (DeepSpeed's optimizers): ``engine.offload_states`` with the optimizer state (Adam's
+- ZeRO 1-2 (DeepSpeed's optimizers): ``engine.offload_states`` with the optimizer state (Adam's
   moments), the fp32 master weights and the gradient partitions / buffers. The model's own
   (bf16) weights stay: the weight sync and the log-prob forwards between two steps read them.
+- ZeRO-3: DeepSpeed moves Adam's state and the fp32 partitions only for its own FusedAdam, so it
+  moves the gradient partitions and buckets, and Adam's moments are moved here (as at ZeRO-0); the
+  fp32 partitions (4 bytes per parameter over the ranks) stay.
 - ZeRO-0 (the torch optimizer itself): every tensor in the optimizer's state (Adam's moments and
   fused AdamW's step counters).
 
@@ -35,10 +38,11 @@ def offload(engine: Any, zero_stage: int, device: torch.device) -> None:
     if int(zero_stage) >= 1:
         from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
 
-        states = [OffloadStateTypeEnum.optim_states, OffloadStateTypeEnum.hp_params,
-                  OffloadStateTypeEnum.lp_grads, OffloadStateTypeEnum.contiguous_grad_buffer]
+        states = [OffloadStateTypeEnum.lp_grads, OffloadStateTypeEnum.contiguous_grad_buffer]
+        if int(zero_stage) < 3:
+            states += [OffloadStateTypeEnum.optim_states, OffloadStateTypeEnum.hp_params]
         engine.offload_states(include=states, device=OffloadDeviceEnum.cpu, pin_memory=device.type == "cuda")
-    else:
+    if int(zero_stage) in (0, 3):
         _move_state(torch_optimizer(engine), torch.device("cpu"))
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -48,7 +52,7 @@ def reload(engine: Any, zero_stage: int, device: torch.device) -> None:
     """Undo ``offload``: the state back on ``device``."""
     if int(zero_stage) >= 1:
         engine.reload_states()
-    else:
+    if int(zero_stage) in (0, 3):
         _move_state(torch_optimizer(engine), device)
 
 

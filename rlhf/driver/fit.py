@@ -13,10 +13,12 @@ setting alone; every change is printed and lands in ``config.yaml``:
 
 Where a learner and an engine share a GPU they also take turns with its memory
 (``takes_turns``, ``generator.sleep``): the engine sleeps (vLLM's level-1 sleep: weights to host
-memory, KV cache dropped) except while it generates, and the learners move their optimizer
-state, fp32 master weights and gradient buffers to host memory (``actors.offload``) just before
-it generates, back at their next step. What the GPU must hold is then the larger of the two turns,
-not their sum (P parameters, bf16, ZeRO 1-2 at one rank, plus each process's CUDA context):
+memory, KV cache dropped) except while it takes new weights and generates, and the learners move
+their optimizer state, fp32 master weights and gradient buffers to host memory (``actors.offload``)
+before each weight sync, back at their next step. The engines start once the learners are set up
+and have made room (``Session.start_generators``), so start-up needs no more than a turn either.
+What the GPU must hold is then the larger of the two turns, not their sum (P parameters, bf16,
+ZeRO 1-2 at one rank, plus each process's CUDA context):
 
 - training: the learner's ~16 bytes/P (bf16 weights and gradients, fp32 master weights, Adam's
   two moments) + activations (+ 2 bytes/P for a reference kept in the learner);

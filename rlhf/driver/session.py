@@ -34,10 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("rlhf")
 PROBE_S = 15.0  # after a failed call: how long an actor gets to show it is alive
 
-# Settings that shape the learner actors; stages share live learners, so these must not change.
+# Settings that shape the live actors (learners; generator.sleep: the engines' start-up); stages share them.
 LEARNER_SHAPE = ("model.path", "model.dtype", "model.lora_r", "model.lora_alpha", "model.lora_dropout",
                  "model.gradient_checkpointing", "train.num_learners", "train.zero_stage", "train.num_cpus_per_actor",
-                 "train.grad_accum", "train.max_grad_norm", "train.weight_decay", "train.seed", "cluster.learner")
+                 "train.grad_accum", "train.max_grad_norm", "train.weight_decay", "train.seed", "cluster.learner",
+                 "generator.sleep")
 
 
 def resolve_device(cfg: RunConfig) -> str:
@@ -167,7 +168,7 @@ class Session:
 
         if self.learners is not None:
             return
-        if prestart_generators:
+        if prestart_generators and not self.takes_turns:  # taking turns: engines start once learners are set up
             self._launch_generators()
         if prestart_reference:
             self._launch_reference()
@@ -259,6 +260,8 @@ class Session:
         """K vLLM engines, each in its own actor, and the weight transport to them."""
         if self.generators:
             return
+        if self.takes_turns and self.learners is not None:
+            self.learners.offload_states()  # the engines start (then sleep) in the memory this frees
         self._launch_generators()
         self.generators, self._pending_generators = self._pending_generators, []
         loaded = [self._get(handle.ping.remote(), f"GeneratorActor[{i}]", "start")["model_path"]
@@ -290,6 +293,8 @@ class Session:
         and the sync runs again.
         """
         with self._lock:
+            if self.takes_turns:  # the engines wake their weights to take the new ones: the learners make room
+                self.learners.offload_states()
             dead, _ = self._probe(self.generators)
             if dead:
                 self._replace_generators(dead, "before a weight sync")

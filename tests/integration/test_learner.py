@@ -303,7 +303,7 @@ def test_an_actor_that_fails_to_start_is_named(ray_cluster, tiny_model):
 # gradient partitions) and the ZeRO-0 path that moves the torch optimizer's state.
 
 @pytest.mark.integration
-@pytest.mark.parametrize("stage", [0, 2])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_offload_between_steps_changes_nothing_bit_for_bit(ray_cluster, tiny_model, tmp_path, stage):
     from actors.group import start_learners
 
