@@ -52,6 +52,9 @@ def prepare_environment(device: str) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A private local cluster's raylet starts workers at nice 15 by default: any other load on the
+    # machine then slows the actors (the whole run) more than a trainer at nice 0. Run them at 0.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
