@@ -272,6 +272,8 @@ class LearnerActor(WeightSenderMixin):
             )
         engine = self.engine
         engine.train()
+        if objective.step_statistic is not None:
+            micro_batches = self._with_step_statistic(micro_batches, objective, params)
         lr = float(engine.get_lr()[0])
         totals: dict[str, torch.Tensor] = {}
         peaks: dict[str, torch.Tensor] = {}
@@ -316,6 +318,25 @@ class LearnerActor(WeightSenderMixin):
         totals["logprob_gap/mean"] = totals.get("logprob_gap/mean", 0.0) + diff.sum() / max(counts.tokens, 1)
         local_max = diff.max() if diff.numel() else torch.zeros((), device=diff.device)
         peaks["logprob_gap/max"] = torch.maximum(peaks.get("logprob_gap/max", local_max), local_max)
+
+    def _with_step_statistic(self, micro_batches: list[dict[str, torch.Tensor]], objective: Objective,
+                             params: Any) -> list[dict[str, torch.Tensor]]:
+        """The objective's ``StepStatistic`` over this whole step: a no-grad forward of each
+        micro-batch's statistic rows, summed over micro-batches and ranks (every rank runs the same
+        number of forwards: a ZeRO-3 collective); returns the loss rows of each micro-batch with
+        the value in ``stat.field``."""
+        stat = objective.step_statistic
+        parts = [stat.split(mb) for mb in micro_batches]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for rows, _ in parts:
+                rows = common.to_device(rows, self.device)
+                out = model_io.policy_output(self.engine, rows, objective.output, pack=bool(self.cfg["pack"]))
+                value, count = stat.partial(out, rows, params)
+                total += torch.stack([value.double(), count.double()]).to(self.device)
+        torch.distributed.all_reduce(total)
+        mean = (total[0] / total[1]).float() if float(total[1]) > 0 else torch.zeros((), device=self.device)
+        return [{**loss_rows, stat.field: mean.cpu()} for _, loss_rows in parts]
 
     def _is_weights(self, batch: dict[str, torch.Tensor], cap: float, counts: GlobalCounts,
                     totals: dict[str, torch.Tensor], peaks: dict[str, torch.Tensor]) -> None:

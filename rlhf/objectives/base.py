@@ -79,6 +79,24 @@ ProgressFn = Callable[[Any, float], Any]
 
 
 @dataclass(frozen=True)
+class StepStatistic:
+    """A detached mean the loss needs over the whole optimizer step (every micro-batch on every
+    rank), not over one micro-batch: e.g. KTO's KL reference point.
+
+    For each micro-batch the learner takes ``split(batch) -> (stat_rows, loss_rows)``, runs a
+    no-grad forward of ``stat_rows`` and adds up ``partial(output, stat_rows, params) -> (sum,
+    count)`` (0-dim tensors); after an all-reduce over the ranks it trains on ``loss_rows`` with
+    ``loss_rows[field] = sum / count`` (a 0-dim float32 tensor; 0 when ``count`` is 0). So the
+    value is the same whatever the split over ranks and micro-batches. A loss given a batch
+    without ``field`` estimates it from that micro-batch alone (the pure-function path, tests).
+    """
+
+    field: str
+    split: Callable[[Batch], tuple[Batch, Batch]]
+    partial: Callable[[torch.Tensor, Batch, Any], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
 class Objective:
     """What an objective needs and how it computes its loss.
 
@@ -103,6 +121,8 @@ class Objective:
         at_progress: optional ``(params, progress) -> params``: the params of the step at
             fraction ``progress`` in ``[0, 1]`` of the stage (a hyper-parameter schedule), given
             the stage's params; call it through ``params_at``.
+        step_statistic: optional ``StepStatistic``: a detached mean over the whole step that
+            the learner computes first and hands to every micro-batch's loss.
         paper: citation shown in ``--help`` listings.
     """
 
@@ -118,6 +138,7 @@ class Objective:
     prepare: PrepareFn | None = None
     prepare_reads: Callable[[Any], tuple[str, ...]] | None = None
     at_progress: ProgressFn | None = None
+    step_statistic: StepStatistic | None = None
     paper: str = ""
 
     def make_params(self, overrides: Mapping[str, Any] | None = None) -> Any:

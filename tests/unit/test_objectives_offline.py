@@ -453,3 +453,37 @@ def test_shape_errors_are_one_line():
         run("dpo", t(LOGPS)[:3], _rows(pair_batch(), [0, 1, 2]))
     with pytest.raises(ValueError, match=r"rm: score must be \[2P\]"):
         run("rm", torch.zeros(3), pair_batch(ref=False))
+
+
+def test_kto_step_statistic_makes_any_split_exact():
+    """With the KL point computed over the whole step (``STEP_KL``: what the learner does), any
+    split into micro-batches gives the one-piece loss and gradients, whatever the mismatched rows."""
+    logps, batch = _random_pairs(4, seed=3)  # mismatched log-ratios all differ
+    batch["label"] = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    batch["input_ids"] = torch.zeros_like(batch["response_mask"])
+    objective = get("kto")
+    stat, params = objective.step_statistic, objective.make_params({"desirable_weight": 1.3})
+    glob = GlobalCounts(examples=4, tokens=int(batch["response_mask"][:4].sum()))
+    whole = logps.clone().requires_grad_(True)
+    loss, metrics = objective.loss(whole, batch, params, glob)  # one piece: its own z0 is the step's
+    loss.backward()
+
+    parts = logps.clone().requires_grad_(True)
+    micro = []
+    for real in ([0], [1, 2], [3]):  # uneven micro-batches
+        idx = real + [i + 4 for i in real]
+        mb = _rows({k: v for k, v in batch.items() if k != "label"}, idx)
+        micro.append({**mb, "label": batch["label"][real], "logps": parts[idx]})
+    sums = [stat.partial(rows["logps"], rows, params) for rows, _ in map(stat.split, micro)]
+    point = sum(s for s, _ in sums) / sum(c for _, c in sums)
+    assert point.item() == pytest.approx(metrics["kl"].item(), rel=1e-6)  # kl > 0 here, unclamped
+    total, own_estimates = 0.0, 0.0
+    for mb in micro:
+        _, rows = stat.split(mb)
+        part_loss, _ = objective.loss(rows["logps"], {**rows, stat.field: point}, params, glob)
+        part_loss.backward()
+        total += part_loss.item()
+        own_estimates += objective.loss(mb["logps"].detach(), mb, params, glob)[0].item()
+    assert total == pytest.approx(loss.item(), rel=1e-6)
+    assert torch.allclose(whole.grad, parts.grad, atol=1e-7)
+    assert abs(own_estimates - loss.item()) > 1e-4  # per-micro-batch z0 would not have been exact
