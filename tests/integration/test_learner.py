@@ -76,6 +76,16 @@ def torch_step(model_path: str, pairs, max_grad_norm: float) -> tuple[float, flo
     return float(loss.detach()), float(norm), {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def start_layouts(model_path: str, layouts: dict[str, tuple[int, int, int]], groups: dict) -> None:
+    """A learner group per ``{name: (ranks, grad_accum, zero stage)}``, added to ``groups`` as each
+    starts (the caller shuts down whatever started, also after a failure part-way)."""
+    from actors.group import start_learners
+
+    for name, (ranks, accum, stage) in layouts.items():
+        config = {**BASE, "model_path": model_path, "zero_stage": stage, "grad_accum": accum}
+        groups[name] = start_learners(ranks, config, timeout_s=300)
+
+
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert sorted(a) == sorted(b)
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -116,7 +126,6 @@ def test_one_step_is_invariant_to_ranks_accumulation_and_stage(ray_cluster, tiny
     """2 ranks x 2 micro-batches (ZeRO-2) == 1 rank x 4 (ZeRO-3) == 1 rank x 1 (ZeRO-0) == plain torch."""
     from transformers import AutoModelForCausalLM
 
-    from actors.group import start_learners
 
     want_loss, want_norm, want_state = torch_step(tiny_model, PAIRS, BASE["max_grad_norm"])
     layouts = {  # name: (ranks, grad_accum, zero stage)
@@ -126,9 +135,7 @@ def test_one_step_is_invariant_to_ranks_accumulation_and_stage(ray_cluster, tiny
     }
     groups = {}
     try:
-        for name, (ranks, accum, stage) in layouts.items():
-            config = {**BASE, "model_path": tiny_model, "zero_stage": stage, "grad_accum": accum}
-            groups[name] = start_learners(ranks, config, timeout_s=300)
+        start_layouts(tiny_model, layouts, groups)
         for name, (ranks, accum, _) in layouts.items():
             group = groups[name]
             metrics = group.call("train_step", per_rank=step_args(PAIRS, ranks, accum))
@@ -199,7 +206,6 @@ def test_kto_step_is_invariant_to_ranks_and_accumulation(ray_cluster, tiny_model
     micro-batches (ZeRO-2) == 1 rank x 4 (ZeRO-3) == 1 x 1 (ZeRO-0) == plain torch in one piece."""
     from transformers import AutoModelForCausalLM
 
-    from actors.group import start_learners
     from rlhf.batch import global_counts
     from rlhf.objectives import get
 
@@ -218,9 +224,7 @@ def test_kto_step_is_invariant_to_ranks_and_accumulation(ray_cluster, tiny_model
     layouts = {"1x1-zero0": (1, 1, 0), "2x2-zero2": (2, 2, 2), "1x4-zero3": (1, 4, 3)}
     groups = {}
     try:
-        for name, (ranks, accum, stage) in layouts.items():
-            config = {**BASE, "model_path": tiny_model, "zero_stage": stage, "grad_accum": accum}
-            groups[name] = start_learners(ranks, config, timeout_s=300)
+        start_layouts(tiny_model, layouts, groups)
         for name, (ranks, accum, _) in layouts.items():
             per_rank = [([kto_batch(init, micro) for micro in chunks], kto, params, counts)
                         for chunks in shard(examples, ranks, accum)]
