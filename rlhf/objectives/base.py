@@ -88,7 +88,8 @@ class StepStatistic:
     count)`` (0-dim tensors); after an all-reduce over the ranks it trains on ``loss_rows`` with
     ``loss_rows[field] = sum / count`` (a 0-dim float32 tensor; 0 when ``count`` is 0). So the
     value is the same whatever the split over ranks and micro-batches. A loss given a batch
-    without ``field`` estimates it from that micro-batch alone (the pure-function path, tests).
+    without ``field`` estimates it from that micro-batch alone (the pure-function path, tests,
+    and a step of one micro-batch on one rank, where that is the whole step).
     """
 
     field: str
