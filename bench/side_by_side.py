@@ -601,7 +601,8 @@ def unequal_items(plan: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]
         "train on different completion lengths; the median response/length of each side is under phases.",
         "Group advantage: the project divides by (std + objective.eps, 1e-6 by default); TRL by (std + 1e-4).",
         "Processes: the project runs a driver plus Ray daemons and one actor per role (learner, reference for DPO, "
-        "generator for GRPO; Ray starts workers at nice 15); TRL runs everything in one process. Memory is PSS "
+        "generator for GRPO; the run's private Ray cluster starts them at nice 0); TRL runs everything in one "
+        "process. Memory is PSS "
         "summed over all processes of each run.",
         "Logging: both write TensorBoard every step; the project also appends metrics.jsonl and shows tqdm; TRL "
         "(bench runner) writes one JSONL line per step from callbacks.",
