@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from actors.weight_sync.base import SENDER_NAME, SyncStats, WeightSyncError, actor_handles, generator_names, wait_named
+from actors.weight_sync.base import SENDER_NAME, Place, SyncStats, WeightSyncError, elsewhere, members, placements
 from actors.weight_sync.broadcast import BroadcastTransport
 from actors.weight_sync.shared_memory import SharedMemoryTransport
 
@@ -28,10 +28,7 @@ class AutoTransport:
 
     def setup(self, learner_group: Any, generators: Sequence[Any]) -> None:
         self.close()
-        learners = actor_handles(learner_group)
-        if not learners:
-            raise ValueError("weight sync needs at least one learner actor")
-        names = generator_names(generators, self.timeout_s)
+        learners, names = members(learner_group, generators, self.timeout_s)
         places = placements([(SENDER_NAME, learners[0]), *zip(names, generators)], self.timeout_s)
         self.backend, why = choose(self.device, places[0], list(zip(names, places[1:])))
         cls = SharedMemoryTransport if self.backend == "shared_memory" else BroadcastTransport
@@ -50,30 +47,16 @@ class AutoTransport:
         self.chosen = None
 
 
-Place = tuple[str, tuple[str, ...]]  # (Ray node id, the GPU ids Ray gave the actor)
-
 
 def choose(device: str, sender: Place, generators: Sequence[tuple[str, Place]]) -> tuple[str, str]:
     """``(backend, why)`` for learner rank 0 at ``sender`` and ``(name, place)`` of each generator."""
-    elsewhere = [name for name, (node, _) in generators if node != sender[0]]
     if device == "cpu":
-        if elsewhere:
-            return "broadcast", f"{', '.join(elsewhere)} not on {SENDER_NAME}'s node"
+        away = elsewhere(sender, generators)
+        if away:
+            return "broadcast", f"{', '.join(away)} not on {SENDER_NAME}'s node"
         return "shared_memory", f"every generator on {SENDER_NAME}'s node"
     sharing = [name for name, (node, gpus) in generators if node == sender[0] and set(gpus) & set(sender[1])]
     if sharing:
         return "shared_memory", f"{', '.join(sharing)} on {SENDER_NAME}'s GPU (NCCL needs one GPU per rank)"
     return "broadcast", "GPU tensors stay on the GPU"
 
-
-def placements(named: Sequence[tuple[str, Any]], timeout_s: float) -> list[Place]:
-    """``(node id, GPU ids)`` of each ``(name, actor)`` (asked through ``__ray_call__``: any actor answers)."""
-    asked = [(name, actor.__ray_call__.remote(_place)) for name, actor in named]
-    return [(node, tuple(gpus)) for node, gpus in wait_named(asked, timeout_s, "weight-sync setup (placement)")]
-
-
-def _place(_actor: Any) -> tuple[str, list[str]]:
-    import ray
-
-    context = ray.get_runtime_context()
-    return context.get_node_id(), [str(g) for g in context.get_accelerator_ids().get("GPU", [])]

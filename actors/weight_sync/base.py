@@ -140,6 +140,15 @@ def actor_handles(group: Any) -> list[Any]:
     return list(group)
 
 
+def members(learner_group: Any, generators: Sequence[Any], timeout_s: float) -> tuple[list[Any], list[str]]:
+    """What every transport's ``setup`` starts from: the learner handles (rank 0 first; none is an
+    error) and each generator's name (asked with ``ping``, within ``timeout_s``)."""
+    learners = actor_handles(learner_group)
+    if not learners:
+        raise ValueError("weight sync needs at least one learner actor")
+    return learners, generator_names(generators, timeout_s)
+
+
 def generator_names(generators: Sequence[Any], timeout_s: float) -> list[str]:
     """``ping()`` every generator and return their names (for error messages)."""
     fallback = [f"generator at position {i}" for i in range(len(generators))]
@@ -147,10 +156,18 @@ def generator_names(generators: Sequence[Any], timeout_s: float) -> list[str]:
     return [str(info["name"]) for info in infos]
 
 
-def node_ids(named: Sequence[tuple[str, Any]], timeout_s: float) -> list[str]:
-    """The Ray node id of each ``(name, actor)`` (asked through ``__ray_call__``: any actor answers)."""
-    return wait_named([(name, actor.__ray_call__.remote(_node_id)) for name, actor in named], timeout_s,
-                      "weight-sync setup (node ids)")
+Place = tuple[str, tuple[str, ...]]  # (Ray node id, the GPU ids Ray gave the actor)
+
+
+def placements(named: Sequence[tuple[str, Any]], timeout_s: float) -> list[Place]:
+    """``(node id, GPU ids)`` of each ``(name, actor)`` (asked through ``__ray_call__``: any actor answers)."""
+    asked = [(name, actor.__ray_call__.remote(_place)) for name, actor in named]
+    return [(node, tuple(gpus)) for node, gpus in wait_named(asked, timeout_s, "weight-sync setup (placement)")]
+
+
+def elsewhere(sender: Place, generators: Sequence[tuple[str, Place]]) -> list[str]:
+    """Names of the ``(name, place)`` generators on another Ray node than ``sender`` (learner rank 0)."""
+    return [name for name, (node, _) in generators if node != sender[0]]
 
 
 def close_members(learners: Sequence[Any], names: Sequence[str], generators: Sequence[Any], timeout_s: float) -> None:
@@ -167,8 +184,9 @@ def load_phases(loaded: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {phase: max((float(s.get(key, 0.0)) for s in loaded), default=0.0) for phase, key in keys.items()}
 
 
-def _node_id(_actor: Any) -> str:
-    return ray.get_runtime_context().get_node_id()
+def _place(_actor: Any) -> tuple[str, list[str]]:
+    context = ray.get_runtime_context()
+    return context.get_node_id(), [str(g) for g in context.get_accelerator_ids().get("GPU", [])]
 
 
 def node_ip() -> str:

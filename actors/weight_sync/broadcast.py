@@ -35,11 +35,10 @@ from actors.weight_sync.base import (
     SENDER_NAME,
     SyncStats,
     WeightSyncError,
-    actor_handles,
     close_members,
     first_line,
-    generator_names,
     load_phases,
+    members,
     node_ip,
     wait_named,
 )
@@ -377,11 +376,8 @@ class BroadcastTransport:
 
     def setup(self, learner_group: Any, generators: Sequence[Any]) -> None:
         self.close()
-        self.learners = actor_handles(learner_group)
+        self.learners, self.names = members(learner_group, generators, self.timeout_s)
         self.generators = list(generators)
-        if not self.learners:
-            raise ValueError("weight sync needs at least one learner actor")
-        self.names = generator_names(self.generators, self.timeout_s)
         source = self.learners[0]
         [(host, port, secret)] = wait_named([(SENDER_NAME, source.open_weight_group.remote(
             self.names, self.timeout_s, self.backend))], self.timeout_s, "weight-sync setup")

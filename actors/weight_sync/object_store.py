@@ -15,9 +15,8 @@ from typing import Any
 from actors.group import FAN_OUT
 from actors.weight_sync.base import (
     SyncStats,
-    actor_handles,
-    generator_names,
     load_phases,
+    members,
     wait_named,
 )
 from actors.weight_sync.wire import NumpyState
@@ -48,11 +47,8 @@ class ObjectStoreTransport:
         self.names: list[str] = []
 
     def setup(self, learner_group: Any, generators: Sequence[Any]) -> None:
-        self.learners = actor_handles(learner_group)
+        self.learners, self.names = members(learner_group, generators, self.timeout_s)
         self.generators = list(generators)
-        if not self.learners:
-            raise ValueError("weight sync needs at least one learner actor")
-        self.names = generator_names(self.generators, self.timeout_s)
 
     def sync(self, version: int) -> SyncStats:
         start = time.perf_counter()

@@ -33,12 +33,12 @@ from actors.weight_sync.base import (
     SENDER_NAME,
     SyncStats,
     WeightSyncError,
-    actor_handles,
     close_members,
+    elsewhere,
     first_line,
-    generator_names,
     load_phases,
-    node_ids,
+    members,
+    placements,
     wait_named,
 )
 from actors.weight_sync.wire import Entry, aligned, layout, matches, unpack, without_tied_head, write
@@ -215,15 +215,12 @@ class SharedMemoryTransport:
 
     def setup(self, learner_group: Any, generators: Sequence[Any]) -> None:
         self.close()
-        learners = actor_handles(learner_group)
-        if not learners:
-            raise ValueError("weight sync needs at least one learner actor")
-        names = generator_names(generators, self.timeout_s)
-        nodes = node_ids([(SENDER_NAME, learners[0]), *zip(names, generators)], self.timeout_s)
-        elsewhere = [name for name, node in zip(names, nodes[1:]) if node != nodes[0]]
-        if elsewhere:
+        learners, names = members(learner_group, generators, self.timeout_s)
+        places = placements([(SENDER_NAME, learners[0]), *zip(names, generators)], self.timeout_s)
+        away = elsewhere(places[0], list(zip(names, places[1:])))
+        if away:
             raise ValueError(f"the shared_memory weight sync needs every generator on {SENDER_NAME}'s node; "
-                             f"{', '.join(elsewhere)} run elsewhere (use auto or broadcast)")
+                             f"{', '.join(away)} run elsewhere (use auto or broadcast)")
         self.learners, self.generators, self.names = learners, list(generators), names
         self._fresh = True
 

@@ -326,13 +326,12 @@ def test_learner_sends_what_it_would_save(ray_cluster, tiny_model, stage):
 
 def test_auto_falls_back_to_broadcast_across_nodes_and_on_gpu(monkeypatch):
     """A generator on another Ray node (or device cuda) -> broadcast; shared_memory refuses, naming it."""
-    from actors.weight_sync import auto, make_transport, shared_memory
+    from actors.weight_sync import auto, base, make_transport, shared_memory
 
     nodes = {"learner rank 0": "node-a", "generator 0": "node-a", "generator 1": "node-b"}
+    monkeypatch.setattr(base, "generator_names", lambda gens, _t: [f"generator {i}" for i in range(len(gens))])
     for module in (auto, shared_memory):
-        monkeypatch.setattr(module, "generator_names", lambda gens, _t: [f"generator {i}" for i in range(len(gens))])
-    monkeypatch.setattr(shared_memory, "node_ids", lambda named, _t: [nodes[name] for name, _ in named])
-    monkeypatch.setattr(auto, "placements", lambda named, _t: [(nodes[name], ()) for name, _ in named])
+        monkeypatch.setattr(module, "placements", lambda named, _t: [(nodes[name], ()) for name, _ in named])
     with pytest.raises(ValueError, match="needs every generator on learner rank 0's node; generator 1 run elsewhere"):
         make_transport("shared_memory", timeout_s=5).setup(["learner"], ["g0", "g1"])
 
