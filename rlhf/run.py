@@ -159,9 +159,8 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     progress = ScheduleProgress(sum(s.cfg.train.max_steps for s in stages), done=state.global_step if state else 0,
                                 enabled=cfg.progress)
     first = stages[state.stage_index if state else 0]
-    session = Session(stages[0].cfg, model_path, total_steps=total_steps, score_head=score_head)
-    if any(s.cfg.train.max_staleness for s in stages):  # generation overlaps training somewhere: no turns
-        session.takes_turns = False
+    session = Session(stages[0].cfg, model_path, total_steps=total_steps, score_head=score_head,
+                      ahead=any(s.cfg.train.max_staleness for s in stages))
     summaries: list[dict[str, Any]] = list(state.extra.get("summaries", [])) if state else []
     try:
         session.start_learners(prestart_generators=get(first.cfg.algo).mode == "online",

@@ -71,12 +71,13 @@ def fit_to_gpus(cfg: RunConfig, stages: list, gpus: int) -> tuple[RunConfig, lis
     return cfg, changes
 
 
-def takes_turns(cfg: RunConfig, device: str) -> bool:
+def takes_turns(cfg: RunConfig, device: str, ahead: bool = False) -> bool:
     """Whether the generators sleep between generations and the learners offload before them
     (``generator.sleep``): ``always``/``never`` as given; ``auto`` on CUDA when the learner and the
-    generator each ask for a fraction of a GPU (they share one) and generation does not run ahead."""
+    generator each ask for a fraction of a GPU (they share one) and generation does not run ahead
+    (in ``cfg``, nor in any other stage of the schedule: ``ahead``)."""
     g, c = cfg.generator, cfg.cluster
     if g.sleep != "auto":
         return g.sleep == "always"
     fraction = [n is not None and 0.0 < n < 1.0 for n in (c.learner.num_gpus, c.generator.num_gpus)]
-    return device == "cuda" and all(fraction) and cfg.train.max_staleness == 0
+    return device == "cuda" and all(fraction) and cfg.train.max_staleness == 0 and not ahead

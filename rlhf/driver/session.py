@@ -117,12 +117,15 @@ def generator_config(cfg: RunConfig, model_path: str, device: str, ship: Shippin
 class Session:
     """Ray, the learner group, and (lazily) the reference actor and the generators."""
 
-    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, score_head: bool) -> None:
+    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, score_head: bool,
+                 ahead: bool = False) -> None:
+        """``ahead``: some stage of the schedule generates ahead (``train.max_staleness > 0``)."""
         self.cfg = cfg
         self.device = resolve_device(cfg)
         from rlhf.driver.fit import takes_turns
 
-        self.takes_turns = takes_turns(cfg, self.device)  # generators sleep, learners offload before they generate
+        # generators sleep, learners offload before they generate
+        self.takes_turns = takes_turns(cfg, self.device, ahead)
         self.model_path = model_path
         self.total_steps = total_steps
         self.score_head = score_head

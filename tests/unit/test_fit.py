@@ -40,6 +40,7 @@ def test_a_shared_gpu_takes_turns_unless_told_otherwise():
     assert not takes_turns(fit("grpo", 1, "generator.sleep=never")[0], "cuda")
     ahead, changes = fit("grpo", 1, "train.max_staleness=1")  # generation overlaps training: no turns
     assert not takes_turns(ahead, "cuda") and "taking turns" not in changes[0]
+    assert not takes_turns(cfg, "cuda", ahead=True)  # another stage of the schedule generates ahead
     assert takes_turns(build_config(algo="grpo", overrides=["device=cuda", "generator.sleep=always"]), "cuda")
     for overrides, message in ((["device=cpu", "generator.sleep=always"], "needs device=cuda"),
                                (["device=cuda", "generator.sleep=always", "train.max_staleness=1"],
