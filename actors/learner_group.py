@@ -57,11 +57,10 @@ def shipped_fields(objective: Objective, params: Any, on_policy: bool = False, s
 class LearnerGroup:
     """``len(group)`` learner ranks, each taking ``grad_accum`` micro-batches per optimizer step."""
 
-    def __init__(self, group: ActorGroup, grad_accum: int, ship: Any = None) -> None:
+    def __init__(self, group: ActorGroup, grad_accum: int) -> None:
         self.group = group
         self.ranks = len(group)
         self.grad_accum = int(grad_accum)
-        self.ship = ship  # the learners' actors.files.Shipping record, None where they share the driver's files
         self.loaded_from: list[str] = []  # the folder each rank read at the last load_checkpoint
 
     @classmethod
@@ -72,7 +71,7 @@ class LearnerGroup:
         """Start ``n`` ranks (``actors.group.start_learners``: resources per rank, placement strategy) and wrap them."""
         group = start_learners(n, config, timeout_s=timeout_s, num_cpus=num_cpus, strategy=strategy,
                                num_gpus=num_gpus, resources=resources, placement_timeout_s=placement_timeout_s)
-        return cls(group, int(config.get("grad_accum", 1)), config.get("ship"))
+        return cls(group, int(config.get("grad_accum", 1)))
 
     def __len__(self) -> int:
         return self.ranks
@@ -159,7 +158,7 @@ class LearnerGroup:
         (``actors.files.pack_checkpoint``) is put into Ray's object store once and each rank on
         another node loads a local copy (``loaded_from`` says which folder each rank read)."""
         shipped = None
-        if self.ship is not None and any(info.get("ships") for info in self.info):
+        if any(info.get("ships") for info in self.info):  # each rank's setup says whether it ships
             import ray
 
             from actors.files import pack_checkpoint
