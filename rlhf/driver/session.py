@@ -266,8 +266,7 @@ class Session:
         """K vLLM engines, each in its own actor, and the weight transport to them."""
         if self.generators:
             return
-        if self.takes_turns and self.learners is not None:
-            self.learners.offload_states()  # the engines start (then sleep) in the memory this frees
+        self._make_room()  # the engines start (then sleep) in the memory this frees
         self._launch_generators()
         self.generators, self._pending_generators = self._pending_generators, []
         loaded = [self._get(handle.ping.remote(), f"GeneratorActor[{i}]", "start")["model_path"]
@@ -281,10 +280,7 @@ class Session:
         from actors.weight_sync import make_transport
 
         g = self.cfg.generator
-        if self.transport is not None:
-            with contextlib.suppress(Exception):  # a broken group (a member died) closes as far as it can
-                self.transport.close()
-            self.transport = None
+        self._close_transport()
         transport = make_transport(g.sync, bucket_mb=g.bucket_mb, timeout_s=self.cfg.timeout_s, device=self.device)
         transport.setup(self.learners, self.generators)
         self.transport = transport
@@ -299,8 +295,7 @@ class Session:
         and the sync runs again.
         """
         with self._lock:
-            if self.takes_turns:  # the engines wake their weights to take the new ones: the learners make room
-                self.learners.offload_states()
+            self._make_room()  # the engines wake their weights to take the new ones
             dead, _ = self._probe(self.generators)
             if dead:
                 self._replace_generators(dead, "before a weight sync")
@@ -327,8 +322,7 @@ class Session:
         """
         import ray
 
-        if self.takes_turns and self.learners is not None:
-            self.learners.offload_states()  # the engines wake into the GPU memory this frees
+        self._make_room()  # the engines wake into the GPU memory this frees
         k = len(self.generators)
         size = -(-len(prompts) // k)
         shards = {i: prompts[i * size : (i + 1) * size] for i in range(k) if prompts[i * size : (i + 1) * size]}
@@ -347,6 +341,20 @@ class Session:
                     self._replace_generators(dead, "during generate")
                     self.sync_weights()
         return [samples for i in sorted(results) for samples in results[i]]
+
+    def _make_room(self) -> None:
+        """Where a learner and an engine take turns on one GPU (``takes_turns``): the learners move
+        their optimizer-only state to host memory (a no-op when it is there already)."""
+        if self.takes_turns and self.learners is not None:
+            self.learners.offload_states()
+
+    def _close_transport(self) -> None:
+        """Close the weight transport, as far as it can: a member may be dead, and closing must not
+        hide the error that brought us here."""
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
+            self.transport = None
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -449,30 +457,29 @@ class Session:
     def release(self, generators: bool = False, reference: bool = False) -> list[str]:
         """End the generators (and their weight transport) and/or the reference actor, when no later
         stage needs them, so their memory and devices are free; returns the roles released."""
-        import ray
 
         released = []
         if generators and self.generators:
-            if self.transport is not None:
-                with contextlib.suppress(Exception):
-                    self.transport.close()
-                self.transport = None
-            self._released["generators"] = len(self.generators)
-            for handle in self.generators:
-                with contextlib.suppress(Exception):
-                    ray.kill(handle)
+            self._close_transport()
+            self._end("generators", "generator", self.generators)
             self.generators, self.synced_version = [], -1
-            if "generator" in self._placements:
-                self._placements.pop("generator").release()
             released.append("generators")
         if reference and self.reference is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self.reference)
-            self._released["reference"], self.reference = 1, None
-            if "reference" in self._placements:
-                self._placements.pop("reference").release()
+            self._end("reference", "reference", [self.reference])
+            self.reference = None
             released.append("reference")
         return released
+
+    def _end(self, key: str, role: str, handles: list[Any]) -> None:
+        """Kill ``handles`` (counted under ``key`` in ``started_actors``) and free ``role``'s bundles."""
+        import ray
+
+        self._released[key] = len(handles)
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        if role in self._placements:
+            self._placements.pop(role).release()
 
     def actor_nodes(self) -> list[dict[str, Any]]:
         """Where each live actor runs, ``[{"role", "rank", "node_id"}]`` (``actors.placement.actor_nodes``;
@@ -489,9 +496,7 @@ class Session:
     def close(self) -> None:
         import ray
 
-        if self.transport is not None:
-            with contextlib.suppress(Exception):  # a member may be dead: closing must not hide the run's error
-                self.transport.close()
+        self._close_transport()
         if self.reward_model is not None:
             self.reward_model.kill()
         for handle in [self.reference, *self.generators, *self._pending_generators]:
