@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.checkpoint import atomic_dir
-from rlhf.config import ConfigError, RunConfig, build_config, dump, objective_params, output_dir
+from rlhf.config import ConfigError, RunConfig, build_config, dump, output_dir
 from rlhf.objectives import get, names
 from rlhf.schedule import build_schedule, parse_schedule
 
@@ -163,8 +163,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                       ahead=any(s.cfg.train.max_staleness for s in stages))
     summaries: list[dict[str, Any]] = list(state.extra.get("summaries", [])) if state else []
     try:
-        session.start_learners(prestart_generators=get(first.cfg.algo).mode == "online",
-                               prestart_reference=get(first.cfg.algo).needs_reference(objective_params(first.cfg)))
+        session.start_learners(prestart_generators=first.online, prestart_reference=first.needs_reference)
         for stage, stage_data in zip(stages, data):
             if state is not None and stage.index < state.stage_index:
                 continue  # finished before the checkpoint; its summary came with it
@@ -222,8 +221,8 @@ def _stage_run(stage: Any, cfg: RunConfig, out: Path, progress: Any, logger: Any
 
 def _release_unneeded(session: Any, later: list[Any]) -> None:
     """End the generators / reference when no later stage uses them (a schedule frees their memory)."""
-    online = any(get(s.cfg.algo).mode == "online" for s in later)
-    reference = any(get(s.cfg.algo).needs_reference(objective_params(s.cfg)) for s in later)
+    online = any(s.online for s in later)
+    reference = any(s.needs_reference for s in later)
     released = session.release(generators=not online, reference=not reference) if later else []
     if released:
         print(f"released the {' and '.join(released)}: no later stage needs them")
@@ -364,7 +363,7 @@ def _load_user_rewards(cfg: RunConfig) -> None:
     from rlhf.rewards.registry import load_rewards
 
     for stage in build_schedule(cfg):
-        if get(stage.cfg.algo).mode == "online" and stage.cfg.reward.functions:
+        if stage.online and stage.cfg.reward.functions:
             try:
                 load_rewards(list(stage.cfg.reward.functions))
             except ValueError as err:

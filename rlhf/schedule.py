@@ -33,6 +33,21 @@ class Stage:
     def name(self) -> str:
         return f"{self.index}:{self.cfg.algo}"
 
+    @property
+    def online(self) -> bool:
+        """Whether this stage generates (it needs the vLLM generators)."""
+        from rlhf.objectives import get
+
+        return get(self.cfg.algo).mode == "online"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether this stage's objective, with its params, reads a reference model."""
+        from rlhf.config import objective_params
+        from rlhf.objectives import get
+
+        return get(self.cfg.algo).needs_reference(objective_params(self.cfg))
+
 
 def parse_schedule(text: str) -> list[dict[str, Any]]:
     """``"simpo:200,grpo:50"`` -> ``[{"algo": "simpo", "steps": 200}, {"algo": "grpo", "steps": 50}]``."""

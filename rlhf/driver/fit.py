@@ -44,13 +44,10 @@ SHARED_VLLM_MEMORY = 0.35
 
 def fit_to_gpus(cfg: RunConfig, stages: list, gpus: int) -> tuple[RunConfig, list[str]]:
     """``cfg`` adjusted for ``gpus`` local GPUs, and one line per change made."""
-    from rlhf.config import objective_params
-    from rlhf.objectives import get
-
     changes: list[str] = []
     t, c, g = cfg.train, cfg.cluster, cfg.generator
-    needs_ref = any(get(s.cfg.algo).needs_reference(objective_params(s.cfg)) for s in stages)
-    online = any(get(s.cfg.algo).mode == "online" for s in stages)
+    needs_ref = any(s.needs_reference for s in stages)
+    online = any(s.online for s in stages)
     if needs_ref and not cfg.reference.colocated and c.reference.num_gpus is None and gpus < t.num_learners + 1:
         cfg = dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, colocated=True))
         changes.append(f"reference.colocated=true ({gpus} GPU(s): the reference lives in the learners)")
