@@ -4,8 +4,10 @@ A plain class; the driver makes it remote (``ray.remote(num_cpus=..., num_gpus=.
 ``ActorGroup``). The vLLM engine core runs inside the actor's process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights handed to ``load_weights`` reach the model
 by reference, and an engine never shares a process with a learner (it pins threads and seeds
-the process's global RNGs). On CPU the actor's malloc keeps freed memory for reuse
-(``keep_freed_memory``): vLLM's in-place reload then faults in no fresh pages after the first.
+the process's global RNGs). On CPU a whole state is written without vLLM's layer-by-layer reload
+(``actors.cpu_reload``: copies and the kernels' repacking only, 0.08 s instead of 0.21-0.29 s for
+538 MB), and the actor's malloc keeps freed memory for reuse (``keep_freed_memory``): the repacked
+weights then fault in no fresh pages after the first update.
 
 Config (a plain dict; defaults in ``DEFAULTS``):
 
@@ -228,8 +230,11 @@ class GeneratorActor(WeightReceiverMixin):
         generate until a later ``load_weights`` succeeds. For a tied
         model a missing ``lm_head.weight`` is taken from ``model.embed_tokens.weight``.
         ``version`` defaults to the current one + 1. Returns ``{"name", "version", "tensors",
-        "bytes", "seconds", "reload_s", "reset_s"}``: ``reload_s`` is vLLM's ``reload_weights``
-        (with the receiving when ``weights`` is a stream), ``reset_s`` its prefix-cache reset.
+        "bytes", "seconds", "reload_s", "reset_s", "path"}``: ``reload_s`` is the weight update
+        (with the receiving when ``weights`` is a stream), ``reset_s`` the prefix-cache reset, and
+        ``path`` how the update went: ``"direct"`` (CPU, all weights at once: ``actors.cpu_reload``
+        writes them and repacks the linear layers) or ``"vllm"`` (vLLM's ``reload_weights``: a
+        stream, a GPU, or weights the direct path cannot place).
         """
         start = time.perf_counter()
         named = _named_tensors(weights)
@@ -237,13 +242,18 @@ class GeneratorActor(WeightReceiverMixin):
             raise ValueError(f"{self.name}: load_weights got no tensors")
         counts = {"tensors": 0, "bytes": 0}
         items = self._complete(named.items() if isinstance(named, (dict, NumpyState)) else named, counts)
-        if int(self.cfg["tensor_parallel_size"]) > 1:
-            items = list(items)  # worker processes need a picklable argument
+        whole = isinstance(named, (list, tuple, dict, NumpyState))  # every tensor at hand at once, not a stream
+        if int(self.cfg["tensor_parallel_size"]) > 1 or (whole and self.cfg["device"] == "cpu"):
+            items = list(items)  # worker processes need a picklable argument; the direct path looks twice
         self._wake("weights")  # new weights are written in place: they must be on the GPU
         self._incomplete = True  # until the reload below returns
         reload_start = time.perf_counter()
+        path = "vllm"
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+            if isinstance(items, list) and self.cfg["device"] == "cpu" and self._load_direct(items):
+                path = "direct"
+            else:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
         except WeightSyncError:
             raise
         except Exception as exc:
@@ -254,7 +264,21 @@ class GeneratorActor(WeightReceiverMixin):
         self.version = self.version + 1 if version is None else int(version)
         end = time.perf_counter()
         return {"name": self.name, "version": self.version, **counts, "seconds": end - start,
-                "reload_s": reset_start - reload_start, "reset_s": end - reset_start}
+                "reload_s": reset_start - reload_start, "reset_s": end - reset_start, "path": path}
+
+    def _load_direct(self, items: list[tuple[str, torch.Tensor]]) -> bool:
+        """CPU: write ``items`` into the engine's model and repack its linear layers
+        (``actors.cpu_reload``); False, with nothing written, when they cannot all be placed."""
+        from actors import cpu_reload
+
+        def load(model: torch.nn.Module) -> bool:
+            placed = cpu_reload.plan(model, items)
+            if placed is None:
+                return False
+            cpu_reload.apply(model, placed)
+            return True
+
+        return all(self.llm.apply_model(load))
 
     def _complete(self, items: Iterable[tuple[str, torch.Tensor]], counts: dict[str, int]) -> Iterator:
         """Count what passes and, for tied models, add ``lm_head.weight`` when it never came."""

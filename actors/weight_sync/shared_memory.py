@@ -2,8 +2,9 @@
 generators on its node map that file and hand vLLM views of it.
 
 One sync is one ``copy_`` per tensor on the learner (from its parameters straight into the mapped
-file: ``iter_state(copy=False)``) and vLLM's own ``reload_weights`` on each generator: nothing is
-serialised, sent or copied in between. The file (``/dev/shm/rlhf-weights-<pid>-<id>``, or the
+file: ``iter_state(copy=False)``) and, on each generator, the engine's kernels repacked straight from
+views of the file (``actors.cpu_reload``; a fused layer's parts lie back to back there, so even
+``qkv_proj`` is a view): nothing is serialised, sent or copied in between. The file (``/dev/shm/rlhf-weights-<pid>-<id>``, or the
 temp folder when ``/dev/shm`` lacks room) lives as long as the weight layout: it is made on the
 first sync and written in place after that, so its pages are mapped once (``MAP_POPULATE``) and
 never faulted in again; the generators keep their read-only mapping between syncs. A changed
@@ -193,7 +194,7 @@ class SharedMemoryReceiver:
                     f"a generator must run on the learner's node for the shared_memory transport"
                 ) from None
             self._shared_in = mapped
-        return self.load_weights(unpack(mapped.tensor, where["entries"]), version)
+        return self.load_weights(list(unpack(mapped.tensor, where["entries"])), version)
 
     def _close_shared_in(self) -> None:
         if self._shared_in is not None:

@@ -118,3 +118,37 @@ def test_config_validation():
     with pytest.raises(ValueError, match="logprobs_mode 'raw_logits' is not supported"):
         resolve_config({"model_path": "m", "logprobs_mode": "raw_logits"})
     assert resolve_config({"model_path": "m"})["dtype"] == "float32"
+
+
+def test_direct_weight_update_serves_the_new_weights_and_falls_back(ray_cluster, tiny_model, prompts):
+    """CPU: a whole state goes in through ``actors.cpu_reload`` (no vLLM reload) and the engine then
+    samples exactly what transformers computes with those weights; a state the direct path cannot
+    place whole (one tensor missing) goes through vLLM's reload, which keeps the missing one; then
+    the direct path again."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+    actor = _start(ray_cluster, tiny_model, 0)
+    greedy = {"n": 1, "temperature": 0.0, "max_tokens": 8}
+    try:
+        no_norm = {k: v for k, v in base.items() if k != "model.norm.weight"}
+        for version, (sent, expected, path) in enumerate([
+            (state, state, "direct"),
+            (no_norm, {**no_norm, "model.norm.weight": state["model.norm.weight"]}, "vllm"),
+            (state, state, "direct"),  # and back: vLLM's reload leaves the layers as the direct path expects
+        ], start=1):
+            stats = ray_cluster.get(actor.load_weights.remote(sent, version), timeout=TIMEOUT)
+            assert stats["path"] == path and stats["version"] == version
+            model.load_state_dict(expected)
+            results = ray_cluster.get(actor.generate.remote(prompts, {**SAMPLING, "n": 2}), timeout=TIMEOUT)
+            results += ray_cluster.get(actor.generate.remote(prompts, greedy), timeout=TIMEOUT)
+            for prompt, samples in zip(prompts * 2, results):
+                for s in samples:
+                    assert s["version"] == version
+                    expected_logps = _hf_logps(model, prompt, s["completion_ids"])
+                    assert torch.tensor(s["logps"]) == pytest.approx(expected_logps, abs=1e-4)
+    finally:
+        ray_cluster.kill(actor)
