@@ -346,7 +346,10 @@ class BroadcastReceiver:
         if group is None:
             raise WeightSyncError(f"{self.name}: receive_weights() before join_weight_group()")
         try:
-            stats = self.load_weights(group.receive(int(version)), version)
+            received = group.receive(int(version))
+            if group.device.type == "cpu":  # each bucket keeps its own buffer: the whole state at once, so the
+                received = list(received)  # engine takes it in one piece (actors.cpu_reload), not layer by layer
+            stats = self.load_weights(received, version)
         except Exception as exc:
             with contextlib.suppress(Exception):  # the store may be gone with the sender
                 group.ack(int(version), error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
