@@ -4,8 +4,8 @@ generators on its node map that file and hand vLLM views of it.
 One sync is one ``copy_`` per tensor on the learner (from its parameters straight into the mapped
 file: ``iter_state(copy=False)``) and, on each generator, the engine's kernels repacked straight from
 views of the file (``actors.cpu_reload``; a fused layer's parts lie back to back there, so even
-``qkv_proj`` is a view): nothing is serialised, sent or copied in between. The file (``/dev/shm/rlhf-weights-<pid>-<id>``, or the
-temp folder when ``/dev/shm`` lacks room) lives as long as the weight layout: it is made on the
+``qkv_proj`` is a view): nothing is serialised, sent or copied in between. The file
+(``/dev/shm/rlhf-weights-<pid>-<id>``, or the temp folder when ``/dev/shm`` lacks room) lives as long as the weight layout: it is made on the
 first sync and written in place after that, so its pages are mapped once (``MAP_POPULATE``) and
 never faulted in again; the generators keep their read-only mapping between syncs. A changed
 layout (or a sync after a failed one, when a generator may still be reading) makes a new file.
