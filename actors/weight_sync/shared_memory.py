@@ -5,10 +5,11 @@ One sync is one ``copy_`` per tensor on the learner (from its parameters straigh
 file: ``iter_state(copy=False)``) and, on each generator, the engine's kernels repacked straight from
 views of the file (``actors.cpu_reload``; a fused layer's parts lie back to back there, so even
 ``qkv_proj`` is a view): nothing is serialised, sent or copied in between. The file
-(``/dev/shm/rlhf-weights-<pid>-<id>``, or the temp folder when ``/dev/shm`` lacks room) lives as long as the weight layout: it is made on the
-first sync and written in place after that, so its pages are mapped once (``MAP_POPULATE``) and
-never faulted in again; the generators keep their read-only mapping between syncs. A changed
-layout (or a sync after a failed one, when a generator may still be reading) makes a new file.
+(``/dev/shm/rlhf-weights-<pid>-<id>``, or the temp folder when ``/dev/shm`` lacks room) lives as
+long as the weight layout: it is made on the first sync and written in place after that, so its
+pages are mapped once (``MAP_POPULATE``) and never faulted in again; the generators keep their
+read-only mapping between syncs. A changed layout (or a sync after a failed one, when a generator
+may still be reading) makes a new file.
 
 Learner rank 0 removes its file on ``close_weight_group``; a file left by a killed learner is
 removed by the next learner that makes one on that node. Every generator must run on learner
