@@ -11,11 +11,15 @@ a view over its parts when they lie back to back in one buffer (the shared-memor
 a concatenation otherwise; every other parameter (norms, biases, embeddings) is copied in place,
 and a head that computes through the embedding is repacked once.
 
-``plan`` places every incoming tensor before anything is written; weights it cannot place
-(a name the model lacks, a quantized or LoRA layer, a shape that differs, tensor parallelism)
-make it return None and the caller uses vLLM's ``reload_weights`` instead, so nothing here can
-leave an engine half-updated by a layout it does not know. Needs the model's
-``packed_modules_mapping`` (vLLM's own record of which checkpoint tensors a fused layer stacks).
+``plan`` places every incoming tensor before anything is written, and only in a model whose
+vLLM class loads checkpoint tensors as they are (``AS_IS``: no transposes, permutations or
+offsets in its loaders); weights it cannot place exactly (a name the model lacks, a quantized
+or LoRA layer, a parameter with a loader of its own, a shape, vocabulary or device that differs,
+tensor parallelism) make it return None and the caller uses vLLM's ``reload_weights`` instead.
+A layer whose repacking fails keeps its previous kernel (the caller then refuses to generate
+until a later update succeeds). Needs the model's ``packed_modules_mapping`` (vLLM's own record
+of which checkpoint tensors a fused layer stacks). No tensor handed in is kept: the kernels hold
+their own packed copies, so views of a shared-memory file or of receive buffers may be reused.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 UNQUANTIZED = ("UnquantizedLinearMethod", "UnquantizedEmbeddingMethod")
+AS_IS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+PLAIN_LOADERS = (None, "default_weight_loader", "VocabParallelEmbedding.weight_loader")
 
 
 @dataclass
@@ -51,6 +57,8 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
     """Place ``items`` (HF checkpoint names) in ``model`` (a vLLM CPU model), or None unless every
     tensor has exactly one place of its shape and every parameter and repacked layer gets all it
     needs. Writes nothing."""
+    if type(model).__name__ not in AS_IS:
+        return None
     modules = dict(model.named_modules())
     params = dict(model.named_parameters(remove_duplicate=False))
     stacked = {part: (fused, i) for fused, parts in getattr(model, "packed_modules_mapping", {}).items()
@@ -75,7 +83,7 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
             if len(sizes) != len(stacked_parts(model, path) or [path]) or index >= len(sizes):
                 return None
             want = (sizes[index], module.input_size_per_partition) if leaf == "weight" else (sizes[index],)
-            if tuple(tensor.shape) != want:
+            if tuple(tensor.shape) != want or tensor.device.type != "cpu":
                 return None
             entry = linears.setdefault(path, Fused(module, [None] * len(sizes), [None] * len(sizes)))
             (entry.parts if leaf == "weight" else entry.bias)[index] = tensor
@@ -86,8 +94,12 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
         if id(param) in written:
             continue  # a tied head: the embedding's own parameter, placed already
         target = param.data
+        if _loader(param) not in PLAIN_LOADERS or tensor.device != target.device:
+            return None
         if _method(module) == UNQUANTIZED[1]:  # the vocabulary may be padded: rows beyond it are zeroed
-            if tensor.dim() != 2 or tensor.shape[1] != target.shape[1] or tensor.shape[0] > target.shape[0]:
+            vocabulary = (getattr(module, "org_vocab_size", None), target.shape[1])
+            if (tuple(tensor.shape) != vocabulary or getattr(module, "num_added_embeddings", 0)
+                    or getattr(module, "tp_size", 1) != 1):
                 return None
         elif tuple(tensor.shape) != tuple(target.shape):
             return None
@@ -118,37 +130,54 @@ def _method(module: torch.nn.Module) -> str | None:
     return None if method is None else type(method).__name__
 
 
+def _loader(param: torch.nn.Parameter) -> str | None:
+    """The qualified name of the weight loader vLLM attached to ``param`` (None: it has none)."""
+    loader = getattr(param, "weight_loader", None)
+    return None if loader is None else getattr(getattr(loader, "__func__", loader), "__qualname__", repr(loader))
+
+
 def _repackable(module: torch.nn.Module) -> bool:
     """A single-rank linear layer whose CPU kernel holds the packed weight (vLLM removed its own)."""
     return getattr(module, "tp_size", 1) == 1 and hasattr(module, "cpu_linear") and module.weight.numel() == 0
 
 
 def apply(model: torch.nn.Module, placed: Plan) -> None:
-    """Write ``placed`` into ``model``: copies first, then every linear layer and head repacked."""
+    """Write ``placed`` into ``model``: copies first, then every linear layer and head repacked.
+
+    A repacking that raises leaves its layer as it was (previous kernel, no weight kept) and
+    re-raises; layers before it have their new weights."""
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
-    for target, tensor in placed.copies:
-        rows = tensor.shape[0] if tensor.dim() else 0
-        if tensor.dim() == 2 and rows < target.shape[0]:  # a padded vocabulary: the padding rows are zero
-            target[:rows].copy_(tensor)
-            target[rows:].zero_()
-        else:
-            target.copy_(tensor)
-    for entry in placed.linears:
-        module = entry.module
-        dtype = module.weight.dtype
-        module.weight = torch.nn.Parameter(stack(entry.parts, dtype), requires_grad=False)
-        if entry.bias and entry.bias[0] is not None:
-            module.bias.data.copy_(torch.cat([b.to(module.bias.dtype) for b in entry.bias]))
-        dispatch_cpu_unquantized_gemm(module, remove_weight=True)
-    done: dict[int, object] = {}
-    for module in placed.heads:
-        key = id(module.weight)
-        if key in done:
-            module.cpu_linear = done[key]  # an embedding and its tied head: one repack serves both
-            continue
-        dispatch_cpu_unquantized_gemm(module, remove_weight=False)
-        done[key] = module.cpu_linear
+    with torch.no_grad():
+        for target, tensor in placed.copies:
+            rows = tensor.shape[0] if tensor.dim() else 0
+            if tensor.dim() == 2 and rows < target.shape[0]:  # a padded vocabulary: the padding rows are zero
+                target[:rows].copy_(tensor)
+                target[rows:].zero_()
+            else:
+                target.copy_(tensor)
+        for entry in placed.linears:
+            module = entry.module
+            before = module.weight
+            try:
+                module.weight = torch.nn.Parameter(stack(entry.parts, before.dtype), requires_grad=False)
+                if entry.bias and entry.bias[0] is not None:  # rounded to the weights' dtype, as vLLM's loader does
+                    module.bias.data.copy_(torch.cat([b.to(before.dtype) for b in entry.bias]))
+                dispatch_cpu_unquantized_gemm(module, remove_weight=True)
+            except BaseException:
+                module.weight = before
+                raise
+            if module.weight.numel():  # a kernel that kept the weight given: it must own it
+                module.weight = torch.nn.Parameter(module.weight.detach().clone(), requires_grad=False)
+                dispatch_cpu_unquantized_gemm(module, remove_weight=True)
+        done: dict[int, object] = {}
+        for module in placed.heads:
+            key = id(module.weight)
+            if key in done:
+                module.cpu_linear = done[key]  # an embedding and its tied head: one repack serves both
+                continue
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+            done[key] = module.cpu_linear
 
 
 def stack(parts: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -156,7 +185,7 @@ def stack(parts: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     back in one storage in that dtype (2D, row-major, same width)."""
     first = parts[0]
     if len(parts) == 1:
-        return first if first.dtype == dtype else first.to(dtype)
+        return first.to(dtype).contiguous()
     adjacent = all(p.dtype == dtype and p.is_contiguous() and p.dim() == 2 and p.shape[1] == first.shape[1]
                    and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() for p in parts)
     if adjacent:

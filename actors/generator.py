@@ -307,12 +307,12 @@ class GeneratorActor(WeightReceiverMixin):
 def keep_freed_memory() -> bool:
     """Make this process's malloc keep freed memory for reuse instead of returning it to the kernel.
 
-    vLLM's CPU ``reload_weights`` allocates and frees about a model's worth of buffers on every
-    update (layers materialised, oneDNN weights repacked). With glibc's defaults the large ones
-    are fresh ``mmap``s, so each update pays a page fault per 4 KiB touched (SmolLM2-135M fp32
-    here: 55-79k faults and 0.34-0.59 s per reload; with this, ~0 faults after the second, 0.16 s);
-    with mmap off and no trimming they are reused from the heap. The price: the process keeps its
-    peak heap. No-op where glibc is absent.
+    A weight update on CPU allocates and frees about a model's worth of buffers (the oneDNN
+    weights repacked; with vLLM's ``reload_weights``, the fallback, also the layers materialised).
+    With glibc's defaults the large ones are fresh ``mmap``s, so each update pays a page fault per
+    4 KiB touched (SmolLM2-135M fp32 here, vLLM's reload: 55-79k faults and 0.34-0.59 s per
+    reload; with this, ~0 faults after the second, 0.16 s); with mmap off and no trimming they are
+    reused from the heap. The price: the process keeps its peak heap. No-op where glibc is absent.
     """
     import ctypes
     import ctypes.util

@@ -28,13 +28,16 @@ class WeightSyncError(RuntimeError):
 @dataclass(frozen=True)
 class SyncStats:
     """One sync as seen from the driver: wall ``seconds``, payload ``bytes`` and ``tensors`` sent,
-    and ``phases``: seconds of its parts (which ones depends on the backend, e.g. ``write``,
-    ``load``, ``vllm_reload``; ``load`` and ``vllm_reload`` are the slowest generator's)."""
+    ``phases``: seconds of its parts (which ones depends on the backend, e.g. ``write``, ``load``,
+    ``vllm_reload``; ``load`` and ``vllm_reload`` are the slowest generator's, ``vllm_reload``
+    being the engine's weight update however it went), and ``paths``: how each generator took the
+    weights (``"direct"``: ``actors.cpu_reload``; ``"vllm"``: vLLM's ``reload_weights``)."""
 
     seconds: float
     bytes: int
     tensors: int
     phases: Mapping[str, float] = field(default_factory=dict)
+    paths: tuple[str, ...] = ()
 
 
 class WeightTransport(Protocol):
@@ -176,6 +179,11 @@ def close_members(learners: Sequence[Any], names: Sequence[str], generators: Seq
     calls = [(name, a.close_weight_group.remote()) for name, a in members]
     if calls:
         wait_named(calls, min(10.0, timeout_s), "weight-sync close", strict=False)
+
+
+def load_paths(loaded: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """How each generator's ``load_weights`` went (its ``path``), in generator order."""
+    return tuple(str(s.get("path", "vllm")) for s in loaded)
 
 
 def load_phases(loaded: Sequence[dict[str, Any]]) -> dict[str, float]:

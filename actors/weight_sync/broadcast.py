@@ -6,9 +6,11 @@ its own ``TCPStore`` (hosted by learner rank 0) and a ``ProcessGroupGloo`` on CP
 group is never touched. Each bucket (about ``bucket_mb``) is a JSON header (``wire`` layout) and
 then its bytes. On GPU the tensors never leave it: the learner hands its parameters as they are
 (``iter_state(device="cuda", copy=False)``) and they are packed into a GPU bucket; a tensor that
-fills a bucket alone is sent as it is, with no packing copy. Generators hand vLLM views of the
-buckets as they arrive. Each generator acknowledges through the store; learner rank 0 waits for
-every ack, so a hung generator is named. Works across nodes (the fallback of ``auto``).
+fills a bucket alone is sent as it is, with no packing copy. On GPU generators hand vLLM views of
+the buckets as they arrive; on CPU they take all buckets first and then the whole state in one
+piece (``actors.cpu_reload``: no layer-by-layer reload). Each generator acknowledges through the
+store; learner rank 0 waits for every ack, so a hung generator is named. Works across nodes (the
+fallback of ``auto``).
 
 Buffers: learner rank 0 keeps one bucket buffer; on CPU each generator keeps its received
 buckets for the next sync (one model's size), since fresh host memory costs a page fault per
@@ -37,6 +39,7 @@ from actors.weight_sync.base import (
     WeightSyncError,
     close_members,
     first_line,
+    load_paths,
     load_phases,
     members,
     node_ip,
@@ -402,7 +405,8 @@ class BroadcastTransport:
         results = wait_named(calls, self.timeout_s + 5.0, f"weight sync v{version} (broadcast)")
         sent, loaded = results[0], results[len(sends):]
         phases = {"send": float(sent["seconds"]), **load_phases(loaded)}
-        return SyncStats(time.perf_counter() - start, int(sent["bytes"]), int(sent["tensors"]), phases)
+        return SyncStats(time.perf_counter() - start, int(sent["bytes"]), int(sent["tensors"]), phases,
+                         load_paths(loaded))
 
     def close(self) -> None:
         """Drop the group on every member that still answers (dead members are skipped)."""

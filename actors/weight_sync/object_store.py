@@ -15,6 +15,7 @@ from typing import Any
 from actors.group import FAN_OUT
 from actors.weight_sync.base import (
     SyncStats,
+    load_paths,
     load_phases,
     members,
     wait_named,
@@ -59,7 +60,7 @@ class ObjectStoreTransport:
         results = wait_named(calls, self.timeout_s, f"weight sync v{version} (object_store)")
         loaded = results[len(exports):]
         return SyncStats(time.perf_counter() - start, int(loaded[0]["bytes"]) if loaded else 0,
-                         int(loaded[0]["tensors"]) if loaded else 0, load_phases(loaded))
+                         int(loaded[0]["tensors"]) if loaded else 0, load_phases(loaded), load_paths(loaded))
 
     def close(self) -> None:
         self.learners, self.generators, self.names = [], [], []

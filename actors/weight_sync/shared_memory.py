@@ -2,9 +2,10 @@
 generators on its node map that file and hand vLLM views of it.
 
 One sync is one ``copy_`` per tensor on the learner (from its parameters straight into the mapped
-file: ``iter_state(copy=False)``) and, on each generator, the engine's kernels repacked straight from
-views of the file (``actors.cpu_reload``; a fused layer's parts lie back to back there, so even
-``qkv_proj`` is a view): nothing is serialised, sent or copied in between. The file
+file: ``iter_state(copy=False)``) and, on each CPU generator, the engine's kernels repacked straight
+from views of the file (``actors.cpu_reload``; a fused layer's parts lie back to back there, so even
+``qkv_proj`` is a view; an engine on a GPU runs vLLM's ``reload_weights`` over the same views):
+nothing is serialised, sent or copied in between. The file
 (``/dev/shm/rlhf-weights-<pid>-<id>``, or the temp folder when ``/dev/shm`` lacks room) lives as
 long as the weight layout: it is made on the first sync and written in place after that, so its
 pages are mapped once (``MAP_POPULATE``) and never faulted in again; the generators keep their
@@ -38,6 +39,7 @@ from actors.weight_sync.base import (
     close_members,
     elsewhere,
     first_line,
+    load_paths,
     load_phases,
     members,
     placements,
@@ -239,7 +241,8 @@ class SharedMemoryTransport:
         self._fresh = False
         written = results[0]
         phases = {"write": float(written["seconds"]), **load_phases(results[len(writes):])}
-        return SyncStats(time.perf_counter() - start, int(written["bytes"]), int(written["tensors"]), phases)
+        return SyncStats(time.perf_counter() - start, int(written["bytes"]), int(written["tensors"]), phases,
+                         load_paths(results[len(writes):]))
 
     def close(self) -> None:
         close_members(self.learners[:1], self.names, self.generators, self.timeout_s)

@@ -152,3 +152,33 @@ def test_direct_weight_update_serves_the_new_weights_and_falls_back(ray_cluster,
                     assert torch.tensor(s["logps"]) == pytest.approx(expected_logps, abs=1e-4)
     finally:
         ray_cluster.kill(actor)
+
+
+def test_direct_update_of_a_tied_qwen2_with_biases_and_a_padded_vocabulary(ray_cluster, tiny_model, prompts, tmp_path):
+    """The direct path on what the tiny Llama lacks: q/k/v biases, grouped K/V heads, a tied head, a
+    vocabulary vLLM pads (650 rows -> 704), and a bf16 state loaded into an fp32 engine."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=650, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, dtype="float32")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    assert any(k.endswith("q_proj.bias") for k in state)
+    gen = torch.Generator().manual_seed(6)
+    sent = {k: (v + 0.05 * torch.randn(v.shape, generator=gen)).to(torch.bfloat16) for k, v in state.items()}
+    actor = _start(ray_cluster, str(tmp_path), 0)
+    try:
+        stats = ray_cluster.get(actor.load_weights.remote(sent, 1), timeout=TIMEOUT)
+        assert stats["path"] == "direct"
+        model.load_state_dict({k: v.float() for k, v in sent.items()}, strict=False)  # the head is tied
+        results = ray_cluster.get(actor.generate.remote(prompts, {**SAMPLING, "n": 2}), timeout=TIMEOUT)
+        for prompt, samples in zip(prompts, results):
+            for s in samples:
+                expected_logps = _hf_logps(model, prompt, s["completion_ids"])
+                assert torch.tensor(s["logps"]) == pytest.approx(expected_logps, abs=1e-4)
+    finally:
+        ray_cluster.kill(actor)

@@ -128,7 +128,12 @@ def test_sync_makes_generators_serve_new_weights(ray_cluster, env, backend):
             assert (stats.tensors, stats.bytes) == (len(base), expected_bytes)
             assert 0 < stats.seconds < 60
             assert 0 < stats.phases["vllm_reload"] <= stats.phases["load"] < stats.seconds
+            assert stats.paths == ("direct", "direct")  # CPU engines take a whole state without vLLM's reload
             _check_serves(env, ray_cluster, _perturbed(base, seed), version)
+        if backend == "shared_memory":  # the engines keep no view of the file: rewriting it changes nothing
+            ray_cluster.get(env["sender"].perturb.remote(3), timeout=TIMEOUT)
+            ray_cluster.get(env["sender"].write_shared_weights.remote(99), timeout=TIMEOUT)
+            _check_serves(env, ray_cluster, _perturbed(base, 2), version)
     finally:
         transport.close()
 
@@ -177,6 +182,7 @@ def test_tied_head_is_rebuilt_from_the_embeddings(ray_cluster, tiny_model, tmp_p
         transport.setup([sender], [gen])
         stats = transport.sync(1)
         assert stats.tensors == len(base) - 1  # lm_head.weight not sent
+        assert stats.paths == ("direct",)
         model.load_state_dict(_perturbed(base, 3))  # the head keeps the last of the two noisy copies
         prompt = AutoTokenizer.from_pretrained(tiny_model)(TEXTS[0])["input_ids"]
         [[sample]] = ray_cluster.get(gen.generate.remote([prompt], GREEDY), timeout=TIMEOUT)
