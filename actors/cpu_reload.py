@@ -61,8 +61,8 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
         return None
     modules = dict(model.named_modules())
     params = dict(model.named_parameters(remove_duplicate=False))
-    stacked = {part: (fused, i) for fused, parts in getattr(model, "packed_modules_mapping", {}).items()
-               for i, part in enumerate(parts)}
+    mapping = getattr(model, "packed_modules_mapping", {})  # fused layer name -> the parts it stacks
+    stacked = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
     linears: dict[str, Fused] = {}
     copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     written: set[int] = set()
@@ -80,7 +80,7 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
             if not _repackable(module) or leaf not in ("weight", "bias"):
                 return None
             sizes = list(module.output_partition_sizes)
-            if len(sizes) != len(stacked_parts(model, path) or [path]) or index >= len(sizes):
+            if len(sizes) != len(mapping.get(path.rpartition(".")[2], [path])) or index >= len(sizes):
                 return None
             want = (sizes[index], module.input_size_per_partition) if leaf == "weight" else (sizes[index],)
             if tuple(tensor.shape) != want or tensor.device.type != "cpu":
@@ -117,11 +117,6 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
     heads = [m for m in modules.values()
              if _method(m) == UNQUANTIZED[1] and hasattr(m, "cpu_linear") and id(m.weight) in written]
     return Plan(list(linears.values()), copies, heads)
-
-
-def stacked_parts(model: torch.nn.Module, path: str) -> list[str]:
-    """The checkpoint names a fused layer at ``path`` stacks ([] for a plain layer)."""
-    return list(getattr(model, "packed_modules_mapping", {}).get(path.rpartition(".")[2], []))
 
 
 def _method(module: torch.nn.Module) -> str | None:
