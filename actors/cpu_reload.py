@@ -74,9 +74,10 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
             fused_name, index = stacked[last]
             path = f"{parent}.{fused_name}" if parent else fused_name
         module = modules.get(path)
-        if module is None or _method(module) not in (None, *UNQUANTIZED):
+        method = None if module is None else _method(module)
+        if module is None or method not in (None, *UNQUANTIZED):
             return None
-        if _method(module) == UNQUANTIZED[0]:
+        if method == UNQUANTIZED[0]:
             if not _repackable(module) or leaf not in ("weight", "bias"):
                 return None
             sizes = list(module.output_partition_sizes)
@@ -96,7 +97,7 @@ def plan(model: torch.nn.Module, items: Sequence[tuple[str, torch.Tensor]]) -> P
         target = param.data
         if _loader(param) not in PLAIN_LOADERS or tensor.device != target.device:
             return None
-        if _method(module) == UNQUANTIZED[1]:  # the vocabulary may be padded: rows beyond it are zeroed
+        if method == UNQUANTIZED[1]:  # the vocabulary may be padded: rows beyond it are zeroed
             vocabulary = (getattr(module, "org_vocab_size", None), target.shape[1])
             if (tuple(tensor.shape) != vocabulary or getattr(module, "num_added_embeddings", 0)
                     or getattr(module, "tp_size", 1) != 1):

@@ -242,15 +242,16 @@ class GeneratorActor(WeightReceiverMixin):
             raise ValueError(f"{self.name}: load_weights got no tensors")
         counts = {"tensors": 0, "bytes": 0}
         items = self._complete(named.items() if isinstance(named, (dict, NumpyState)) else named, counts)
-        whole = isinstance(named, (list, tuple, dict, NumpyState))  # every tensor at hand at once, not a stream
-        if int(self.cfg["tensor_parallel_size"]) > 1 or (whole and self.cfg["device"] == "cpu"):
+        # CPU and every tensor at hand at once (not a stream): try actors.cpu_reload first
+        direct = self.cfg["device"] == "cpu" and isinstance(named, (list, tuple, dict, NumpyState))
+        if int(self.cfg["tensor_parallel_size"]) > 1 or direct:
             items = list(items)  # worker processes need a picklable argument; the direct path looks twice
         self._wake("weights")  # new weights are written in place: they must be on the GPU
         self._incomplete = True  # until the reload below returns
         reload_start = time.perf_counter()
         path = "vllm"
         try:
-            if isinstance(items, list) and self.cfg["device"] == "cpu" and self._load_direct(items):
+            if direct and self._load_direct(items):
                 path = "direct"
             else:
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})

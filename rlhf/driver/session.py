@@ -457,7 +457,6 @@ class Session:
     def release(self, generators: bool = False, reference: bool = False) -> list[str]:
         """End the generators (and their weight transport) and/or the reference actor, when no later
         stage needs them, so their memory and devices are free; returns the roles released."""
-
         released = []
         if generators and self.generators:
             self._close_transport()
