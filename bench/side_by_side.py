@@ -53,6 +53,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -287,6 +288,8 @@ def run_project(plan: dict[str, Any], algo: str, out: Path, timeout_s: float) ->
     metrics = out / "metrics.jsonl"
     cmd = [sys.executable, "-m", "rlhf.run", "--output-dir", str(out), *plan["project_argv"][algo]]
     info = launch(cmd, out / "run.log", metrics, b'"loss"', timeout_s)
+    for weights in ("model", "checkpoints"):  # ~2 GB a run that nothing here reads: a bench filled the disk
+        shutil.rmtree(out / weights, ignore_errors=True)
     records = [r for r in read_jsonl(metrics) if "loss" in r]  # one per optimizer step
     result: dict[str, Any] = {"framework": "project", "algo": algo, "cmd": cmd, "out": str(out), **info}
     if info["rc"] != 0 or not records:
