@@ -607,6 +607,10 @@ def unequal_items(plan: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]
         "generator for GRPO; the run's private Ray cluster starts them at nice 0); TRL runs everything in one "
         "process. Memory is PSS "
         "summed over all processes of each run.",
+        "Memory allocator: the project's actors on CPU run with glibc malloc keeping freed memory for reuse "
+        "(cluster.reuse_freed_memory, on by default: MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in their "
+        "environment), so a step's large tensors reuse pages instead of faulting fresh ones; the TRL process runs "
+        "with glibc's defaults (what a TRL user gets unless they set the same variables).",
         "Logging: both write TensorBoard every step; the project also appends metrics.jsonl and shows tqdm; TRL "
         "(bench runner) writes one JSONL line per step from callbacks.",
         "End of run: the project saves the final model after the last step (outside the measured steps, inside the "

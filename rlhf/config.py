@@ -63,7 +63,9 @@ class TrainConfig:
     adam_betas: tuple[float, ...] = (0.9, 0.95)  # AdamW (beta1, beta2)
     pack: bool = True  # rows that share a prompt (a pair, an online group) run it once (rlhf.packing)
     max_bad_steps: int = 3  # a NaN/Inf loss or gradient skips the step; this many in a row stop the run
-    max_staleness: int = 0  # online: policy versions a rollout may lag (0: synchronous)
+    # online: policy versions a rollout may lag (0: synchronous; 1: the next step generates while this one trains,
+    # a loss where both roles share cores: 1.6-2.5x the step time on a 2-core CPU, bench/staleness_ab.py)
+    max_staleness: int = 0
     is_cap: float = 2.0  # online, staleness > 0: truncated importance-sampling cap on pi_old / pi_behaviour
     num_cpus_per_actor: float | None = None  # None: this machine's cores / num_learners (torch threads follow it)
 
@@ -180,6 +182,9 @@ class ClusterConfig:
     # move the model to the actors and outputs back through Ray (actors.files): auto - when an actor runs on
     # another node than the driver; always - every actor (tests the path on one machine); never - shared files
     ship_files: Literal["auto", "always", "never"] = "auto"
+    # CPU: the actors' glibc malloc keeps freed memory for reuse (rlhf.driver.session.REUSE_FREED_MEMORY)
+    # instead of unmapping each step's large tensors and faulting fresh pages in the next step
+    reuse_freed_memory: bool = True
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -58,6 +59,27 @@ def prepare_environment(device: str) -> None:
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+# glibc malloc serves every block over 128 KB-32 MB with its own mmap and unmaps it when freed, so on CPU
+# each step's activations, gradients and ZeRO buckets land on freshly faulted, zeroed pages (0.6 GB a step
+# at ZeRO-0 and 2 GB at ZeRO-2 for SmolLM2-135M). With these, freed blocks stay in the heap and the next
+# step reuses them: 14% (ZeRO-0) to 31% (ZeRO-2) less time per learner step measured here, for more
+# resident memory (the heap keeps its high-water mark). Actors only (Ray's runtime env), CPU only.
+REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+
+
+def actor_env(device: str, reuse_freed_memory: bool, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables every actor gets through Ray's runtime env: those of ``environ``
+    (default ``os.environ``) the actors need, plus ``REUSE_FREED_MEMORY`` on CPU when asked (a value
+    the user set in ``environ`` wins)."""
+    environ = os.environ if environ is None else environ
+    names = ("DS_ACCELERATOR", "VLLM_ENABLE_V1_MULTIPROCESSING", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM",
+             "RLHF_CACHE")
+    env = {k: environ[k] for k in names if k in environ}
+    if device == "cpu" and reuse_freed_memory:
+        env.update({k: environ.get(k, v) for k, v in REUSE_FREED_MEMORY.items()})
+    return env
 
 
 def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: int, score_head: bool,
@@ -152,8 +174,7 @@ class Session:
 
         if ray.is_initialized():
             return
-        env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "VLLM_ENABLE_V1_MULTIPROCESSING", "HF_HUB_OFFLINE",
-                                           "TOKENIZERS_PARALLELISM", "RLHF_CACHE") if k in os.environ}
+        env = actor_env(self.device, self.cfg.cluster.reuse_freed_memory)
         # Inside `ray job submit`, the job's runtime env already reaches every actor, and ray.init refuses
         # to set again a variable it sets ("Failed to merge the Job's runtime env"): leave those to the job.
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")

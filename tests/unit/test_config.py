@@ -192,3 +192,17 @@ def test_code_shipped_with_a_model_needs_trust_remote_code(tmp_path):
     cfg = build_config(algo="simpo", flags={"model": {"path": str(tmp_path)}},
                        overrides=["model.trust_remote_code=true"])
     assert cfg.model.trust_remote_code is True
+
+
+def test_actor_env_reuses_freed_memory_on_cpu_only():
+    from rlhf.driver.session import REUSE_FREED_MEMORY, actor_env
+
+    base = {"DS_ACCELERATOR": "cpu", "PATH": "/bin"}
+    env = actor_env("cpu", True, base)
+    assert env["DS_ACCELERATOR"] == "cpu" and "PATH" not in env  # only the forwarded names
+    assert {k: env[k] for k in REUSE_FREED_MEMORY} == REUSE_FREED_MEMORY
+    assert not set(REUSE_FREED_MEMORY) & set(actor_env("cpu", False, base))  # cluster.reuse_freed_memory=false
+    assert not set(REUSE_FREED_MEMORY) & set(actor_env("cuda", True, base))  # GPU tensors don't use malloc
+    own = actor_env("cpu", True, {**base, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert own["MALLOC_MMAP_THRESHOLD_"] == "65536"  # a user's own setting wins
+    assert build_config(overrides=["cluster.reuse_freed_memory=false"]).cluster.reuse_freed_memory is False
