@@ -2,6 +2,8 @@
 
     python bench/learner_overhead.py --steps 6 [--model default] [--pairs 4]
     python bench/learner_overhead.py --device cuda --dtype bfloat16 --pairs 32 --profile   # on a GPU
+    python bench/learner_overhead.py --device cuda --dtype bfloat16 --pairs 32 --nopack --profile \
+        --model /tmp/gpucheck-model --data .gpu-check/data/pairs.jsonl --max-length 256   # beside the GPU check
 
 Times one optimizer step of SimPO on the same pairs four ways, in this one process (world size
 1), alternating them step by step, the first step of each excluded (CPU and fp32 by default;
@@ -18,7 +20,9 @@ Times one optimizer step of SimPO on the same pairs four ways, in this one proce
   device, the finiteness checks, the metrics and their all-reduce).
 
 Prints min / median seconds per step and each one's ratio to ``plain``, plus a torch.profiler
-table of the top operators of one ``project-zero0`` step.
+table of the top operators of one ``project-zero0`` step. On CUDA it also counts, for one more
+step of each path, the operations that made the host wait for the GPU
+(``torch.cuda.set_sync_debug_mode``), with the lines of Python that called them most often.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="default")
     p.add_argument("--pairs", type=int, default=4)
+    p.add_argument("--data", default="rg:chain_sum",
+                   help="pairs: rg:TASK or a JSONL file of {prompt, chosen, rejected}")
+    p.add_argument("--max-length", type=int, default=160)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--profile", action="store_true")
@@ -57,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     path = resolve_model(a.model)
     tok = load_tokenizer(path)
-    rows = rdata.load_dataset_spec("rg:chain_sum", "pairs", seed=0, n=a.pairs * 4)
-    examples, _ = rdata.tokenize_pairs(rows, tok, max_length=160, max_prompt_length=128)
+    rows = rdata.load_dataset_spec(a.data, "pairs", seed=0, n=a.pairs * 4)
+    examples, _ = rdata.tokenize_pairs(rows, tok, max_length=a.max_length, max_prompt_length=a.max_length * 3 // 4)
     device = common.local_device(a.device)
     batch = common.to_device(collate_pairs(examples[: a.pairs], tok.pad_token_id), device)
     bf16 = a.dtype == "bfloat16"
@@ -147,7 +154,42 @@ def main(argv: list[str] | None = None) -> int:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         if device.type == "cuda":
             print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
+    if device.type == "cuda":
+        print(f"\n{'path':<24}{'host syncs':>11}  most frequent callers")
+        for name, step in runners.items():
+            sync()
+            try:
+                count, where = _host_syncs(step)
+            except Exception as e:  # a diagnostic: report it, keep what was measured above
+                print(f"{name:<24}{'?':>11}  {type(e).__name__}: {e}")
+                continue
+            sync()
+            print(f"{name:<24}{count:>11}  " + ", ".join(f"{place} x{n}" for place, n in where))
     return 0
+
+
+def _host_syncs(step, top: int = 6) -> tuple[int, list[tuple[str, int]]]:
+    """Run ``step`` once under CUDA's sync debug mode: how many operations made the host wait for
+    the GPU, and the ``top`` most frequent Python lines that called them (``file:line``)."""
+    import collections
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    places = collections.Counter(f"{_short(w.filename)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return sum(places.values()), places.most_common(top)
+
+
+def _short(path: str) -> str:
+    """``path`` relative to the longest ``sys.path`` entry (or folder) holding it."""
+    roots = sorted((os.path.abspath(x or ".") for x in sys.path), key=len, reverse=True)
+    full = os.path.abspath(path)
+    return next((os.path.relpath(full, r) for r in roots if full.startswith(r + os.sep)), path)
 
 
 def _free_port() -> int:
