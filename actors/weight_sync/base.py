@@ -29,9 +29,10 @@ class WeightSyncError(RuntimeError):
 class SyncStats:
     """One sync as seen from the driver: wall ``seconds``, payload ``bytes`` and ``tensors`` sent,
     ``phases``: seconds of its parts (which ones depends on the backend, e.g. ``write``, ``load``,
-    ``vllm_reload``; ``load`` and ``vllm_reload`` are the slowest generator's, ``vllm_reload``
-    being the engine's weight update however it went), and ``paths``: how each generator took the
-    weights (``"direct"``: ``actors.cpu_reload``; ``"vllm"``: vLLM's ``reload_weights``)."""
+    ``update``; ``load`` and ``update`` are the slowest generator's, ``update`` being the engine's
+    weight update however it went; the driver logs each as ``sync/<phase>``), and ``paths``: how
+    each generator took the weights (``"direct"``: ``actors.cpu_reload``; ``"vllm"``: vLLM's
+    ``reload_weights``)."""
 
     seconds: float
     bytes: int
@@ -187,8 +188,9 @@ def load_paths(loaded: Sequence[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def load_phases(loaded: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The slowest generator's ``load`` (incl. receiving), ``vllm_reload`` and ``reset_prefix_cache`` seconds."""
-    keys = {"load": "seconds", "vllm_reload": "reload_s", "reset_prefix_cache": "reset_s"}
+    """The slowest generator's ``load`` (incl. receiving), ``update`` (the engine's weight update, direct
+    or vLLM's reload) and ``reset_prefix_cache`` seconds."""
+    keys = {"load": "seconds", "update": "reload_s", "reset_prefix_cache": "reset_s"}
     return {phase: max((float(s.get(key, 0.0)) for s in loaded), default=0.0) for phase, key in keys.items()}
 
 

@@ -308,7 +308,8 @@ class Session:
         self.synced_version = -1
 
     def sync_weights(self) -> dict[str, float]:
-        """Send the learner's weights to every generator; returns seconds, bytes and the run's actor restarts.
+        """Send the learner's weights to every generator; returns seconds, bytes, the seconds of each of the
+        transport's phases (``sync/<phase>``, e.g. ``sync/write``, ``sync/update``) and the run's actor restarts.
 
         A generator that died since the last call is replaced first (a sync to a dead member would
         block the sender until the transport's timeout). A generator found dead after a failed sync
@@ -332,6 +333,7 @@ class Session:
                     self._replace_generators(lost, "during a weight sync")
             self.synced_version = self.version
         return {"sync/seconds": float(stats.seconds), "sync/bytes": float(stats.bytes),
+                **{f"sync/{phase}": float(value) for phase, value in stats.phases.items()},
                 "actors/restarts": float(sum(self.restarts.values()))}
 
     def generate(self, prompts: list[list[int]], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:

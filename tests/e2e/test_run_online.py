@@ -26,6 +26,8 @@ def test_online_algo_two_steps(algo, tiny_model, tmp_path, run_cli):
         for key in ("sync/seconds", "sync/bytes", "logprob_gap/mean", "logprob_gap/max", "loss", "samples/dropped"):
             assert key in r, key
         assert r["sync/bytes"] > 0
+        # the transport's phases (one node, CPU: shared memory), each inside the whole sync
+        assert 0 < r["sync/write"] < r["sync/seconds"] and 0 < r["sync/update"] <= r["sync/load"] < r["sync/seconds"]
         assert r["logprob_gap/max"] < 1e-3  # vLLM samples from exactly the learner's weights
     summary = json.loads((out / "summary.json").read_text())
     assert summary["actors"]["generators"] == 1

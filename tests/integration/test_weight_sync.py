@@ -127,7 +127,7 @@ def test_sync_makes_generators_serve_new_weights(ray_cluster, env, backend):
             assert isinstance(stats, SyncStats)
             assert (stats.tensors, stats.bytes) == (len(base), expected_bytes)
             assert 0 < stats.seconds < 60
-            assert 0 < stats.phases["vllm_reload"] <= stats.phases["load"] < stats.seconds
+            assert 0 < stats.phases["update"] <= stats.phases["load"] < stats.seconds
             assert stats.paths == ("direct", "direct")  # CPU engines take a whole state without vLLM's reload
             _check_serves(env, ray_cluster, _perturbed(base, seed), version)
         if backend == "shared_memory":  # the engines keep no view of the file: rewriting it changes nothing
