@@ -37,5 +37,5 @@ env PYTHONPATH="$ROOT${SITE:+:$SITE}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSF
     --nopack --profile --model "$MODEL" --data .gpu-check/data/pairs.jsonl --max-length 256 \
     > "$OUT/learner_overhead.txt" 2>&1
 echo "learner_overhead exit $? ($OUT/learner_overhead.txt)"
-grep -v "^\s*$" "$OUT/learner_overhead.txt" | grep -E "^(plain|project|learner|path|[0-9]+ pairs)" | head -40
+grep -E "^(plain|project|learner|path|[0-9]+ pairs)" "$OUT/learner_overhead.txt" | head -40
 grep -E "^RATIO" "$OUT/check/summary.txt" 2>/dev/null | tail -n 1
