@@ -25,16 +25,24 @@ at the top level, with min / median / max under ``figures``:
   completions carry an extra eos; ``figures`` also has ``P1_same_pairs_step_speedup``, TRL's
   median step time over the project's on the same pairs);
 - ``P2_simpo_vs_dpo_step_time_ratio`` and ``P2_simpo_vs_dpo_peak_memory_ratio``: median step
-  time, and peak of the PSS summed over every process of the run (``run_monitor.py``);
+  time, and peak of the PSS summed over every process of the run (``run_monitor.py``), taken in
+  separate memory runs (below);
 - ``P3_grpo_step_time_ratio``: median step time of a whole rollout step (sync, generation,
   rewards, log-probs, update);
 - ``P4_sync_bandwidth_vs_memcpy``: the project's ``sync/bytes`` / ``sync/seconds`` over the
-  bandwidth of ``dst.copy_(src)`` of the same tensors (the model's state dict) in this process;
+  bandwidth of ``dst.copy_(src)`` of the same tensors (the model's state dict) in fresh
+  processes (the fastest of 3: it varies between processes and over minutes, 17-33 GB/s here);
 - ``P5_overhead_share``: project GRPO step time outside generation (``time/generate``) and the
   learner's forward/backward/optimizer (``time/train`` and the learner forward ``time/old_logps``),
   over step time;
 - ``startup_ratio``: process start to the end of the first optimizer step (SimPO runs; the GRPO
   runs' figure is under ``figures``).
+
+Memory is measured in runs of its own: sampling PSS walks every process's page tables and slowed
+a GRPO step by 28% on 2 cores (``run_monitor.py``), so the timed runs are not sampled, and after
+each repeat's timed runs the kinds in ``--memory-kinds`` (default: project SimPO and DPO, TRL
+SimPO) run again, same command, with memory sampled; their step times are kept in the JSON
+(``measures: "memory"``) but no time figure uses them.
 
 Step times are differences of consecutive per-step wall clocks: the project's ``metrics.jsonl``
 records (``time`` is relative to the logger's start; the wall clock of the first step record is
@@ -68,6 +76,8 @@ from run_monitor import TAG_VAR, RunMonitor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = (("project", "simpo"), ("trl", "simpo"), ("project", "dpo"), ("project", "grpo"), ("trl", "grpo"))
+MEMORY_KINDS = "project_simpo,project_dpo,trl_simpo"  # run again with PSS sampled (P2 memory, TRL's for reference)
+MEMORY_INTERVAL_S = 0.5
 README_BEGIN = "<!-- side_by_side:begin -->"
 README_END = "<!-- side_by_side:end -->"
 # figure key -> (direction, target) from the issue
@@ -239,13 +249,15 @@ def run_env(tag: str) -> dict[str, str]:
 
 
 def launch(cmd: list[str], log_path: Path, watch: Path | None, needle: bytes | None,
-           timeout_s: float) -> dict[str, Any]:
-    """Start ``cmd`` with a unique tag, watch its memory and first step record, wait for it and its stragglers."""
+           timeout_s: float, memory: bool = False) -> dict[str, Any]:
+    """Start ``cmd`` with a unique tag, watch its first step record (and, with ``memory``, sample its
+    PSS: that slows the run, see ``run_monitor.py``), wait for it and its stragglers."""
     tag = uuid.uuid4().hex[:12]
     with open(log_path, "w") as log:
         started = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(tag), stdout=log, stderr=subprocess.STDOUT)
-        monitor = RunMonitor(proc.pid, tag, started, watch_file=watch, needle=needle).start()
+        monitor = RunMonitor(proc.pid, tag, started, watch_file=watch, needle=needle,
+                             interval=MEMORY_INTERVAL_S if memory else None).start()
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -283,15 +295,16 @@ def step_times(walls: list[float]) -> list[float]:
     return [b - a for a, b in zip(walls, walls[1:])]
 
 
-def run_project(plan: dict[str, Any], algo: str, out: Path, timeout_s: float) -> dict[str, Any]:
+def run_project(plan: dict[str, Any], algo: str, out: Path, timeout_s: float, memory: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     cmd = [sys.executable, "-m", "rlhf.run", "--output-dir", str(out), *plan["project_argv"][algo]]
-    info = launch(cmd, out / "run.log", metrics, b'"loss"', timeout_s)
+    info = launch(cmd, out / "run.log", metrics, b'"loss"', timeout_s, memory)
     for weights in ("model", "checkpoints"):  # ~2 GB a run that nothing here reads: a bench filled the disk
         shutil.rmtree(out / weights, ignore_errors=True)
     records = [r for r in read_jsonl(metrics) if "loss" in r]  # one per optimizer step
-    result: dict[str, Any] = {"framework": "project", "algo": algo, "cmd": cmd, "out": str(out), **info}
+    result: dict[str, Any] = {"framework": "project", "algo": algo, "measures": "memory" if memory else "time",
+                              "cmd": cmd, "out": str(out), **info}
     if info["rc"] != 0 or not records:
         result["error"] = log_tail(out / "run.log")
         return result
@@ -316,14 +329,15 @@ def run_project(plan: dict[str, Any], algo: str, out: Path, timeout_s: float) ->
     return result
 
 
-def run_trl(plan: dict[str, Any], algo: str, out: Path, timeout_s: float) -> dict[str, Any]:
+def run_trl(plan: dict[str, Any], algo: str, out: Path, timeout_s: float, memory: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     spec = {**plan["trl_spec"][algo], "out": str(out)}
     (out / "spec.json").write_text(json.dumps(spec, indent=1))
     cmd = [sys.executable, str(ROOT / "bench" / "trl_runner.py"), str(out / "spec.json")]
-    info = launch(cmd, out / "run.log", None, None, timeout_s)
+    info = launch(cmd, out / "run.log", None, None, timeout_s, memory)
     records = read_jsonl(out / "trl_steps.jsonl")
-    result: dict[str, Any] = {"framework": "trl", "algo": algo, "cmd": cmd, "out": str(out), **info}
+    result: dict[str, Any] = {"framework": "trl", "algo": algo, "measures": "memory" if memory else "time",
+                              "cmd": cmd, "out": str(out), **info}
     if info["rc"] != 0 or not records:
         result["error"] = log_tail(out / "run.log")
         return result
@@ -377,7 +391,7 @@ def memcpy_bandwidth(model_path: str, sync_bytes: float | None = None, trials: i
         with_head = without + embed.numel() * 4
         if sync_bytes is None or abs(with_head - sync_bytes) < abs(without - sync_bytes):
             tensors["lm_head.weight"] = embed.clone()
-    src = [t.float() for t in tensors.values()]
+    src = [t.to(torch.float32, copy=True) for t in tensors.values()]  # anonymous memory, as parameters are
     dst = [torch.empty_like(t) for t in src]
     total = sum(t.numel() * t.element_size() for t in src)
     for d, s in zip(dst, src):  # first touch of the destination pages
@@ -392,6 +406,25 @@ def memcpy_bandwidth(model_path: str, sync_bytes: float | None = None, trials: i
     return {"bytes": total, "sync_bytes": sync_bytes, "tensors": len(src), "seconds": seconds,
             "bytes_per_s": total / median,
             "best_bytes_per_s": total / min(seconds), "torch_threads": torch.get_num_threads()}
+
+
+def memcpy_baseline(model_path: str, sync_bytes: float | None = None, processes: int = 3) -> dict[str, Any]:
+    """``memcpy_bandwidth`` in ``processes`` fresh processes, one after another; the fastest median counts.
+
+    The same copy ran 17 ms in one process and 27 ms in the next on this machine (steady within a
+    process; over some minutes every process got 21 GB/s, over others 31-33 GB/s), so one process's
+    figure could flatter P4 by half; the fastest of a few is the closest to the machine's copy speed.
+    """
+    probes = []
+    for _ in range(processes):
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from side_by_side import memcpy_bandwidth; "
+                "sent = None if sys.argv[3] == 'None' else float(sys.argv[3]); "
+                "print(json.dumps(memcpy_bandwidth(sys.argv[2], sent)))")
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), model_path,
+                              str(sync_bytes)], capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+        probes.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = max(probes, key=lambda p: p["bytes_per_s"])
+    return {**best, "processes": processes, "bytes_per_s_each": [p["bytes_per_s"] for p in probes]}
 
 
 # ---- figures --------------------------------------------------------------------------------------
@@ -480,9 +513,10 @@ def target_met(key: str, value: float | None) -> bool | None:
 
 
 def compute_figures(runs: list[dict[str, Any]], memcpy: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
-    def get(repeat: int, framework: str, algo: str) -> dict[str, Any] | None:
+    def get(repeat: int, framework: str, algo: str, measures: str = "time") -> dict[str, Any] | None:
         for run in runs:
-            if run["repeat"] == repeat and run["framework"] == framework and run["algo"] == algo:
+            if (run["repeat"] == repeat and run["framework"] == framework and run["algo"] == algo
+                    and run.get("measures", "time") == measures):
                 return run if "step_times" in run else None
         return None
 
@@ -503,7 +537,8 @@ def compute_figures(runs: list[dict[str, Any]], memcpy: list[dict[str, Any]], re
         add("P1_same_pairs_step_speedup", a, b, ratio(b, a))
         a, b = step_median(ps), step_median(pd)
         add("P2_simpo_vs_dpo_step_time_ratio", a, b, ratio(a, b))
-        a, b = (ps or {}).get("peak_pss_bytes"), (pd or {}).get("peak_pss_bytes")
+        ms, md = get(r, "project", "simpo", "memory"), get(r, "project", "dpo", "memory")
+        a, b = (ms or {}).get("peak_pss_bytes"), (md or {}).get("peak_pss_bytes")
         add("P2_simpo_vs_dpo_peak_memory_ratio", a, b, ratio(a, b))
         a, b = step_median(pg), step_median(tg)
         add("P3_grpo_step_time_ratio", a, b, ratio(a, b))
@@ -650,6 +685,7 @@ def packing_and_logps_notes(plan: dict[str, Any], runs: list[dict[str, Any]]) ->
 def settings_block(args: argparse.Namespace, plan: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     simpo, grpo = plan["cfg_objects"]["simpo"], plan["cfg_objects"]["grpo"]
     t, m = simpo.train, simpo.model
+    memory_kinds = list(dict.fromkeys((r["framework"], r["algo"]) for r in runs if r["measures"] == "memory"))
     trl_args = {}
     for run in runs:
         if run["framework"] == "trl" and "trl" in run and run["algo"] not in trl_args:
@@ -659,7 +695,7 @@ def settings_block(args: argparse.Namespace, plan: dict[str, Any], runs: list[di
         "model": args.model, "model_path": plan["model_path"], "dtype": m.dtype, "device": "cpu",
         "repeats": args.repeats, "steps_measured": args.steps, "grpo_steps_measured": args.grpo_steps,
         "warmup_steps_excluded": 1, "order": "repeat r runs " + ", ".join(f"{f} {a}" for f, a in KINDS)
-        + " when r is even and the reverse when r is odd",
+        + " when r is even and the reverse when r is odd, then the memory runs in the same alternation",
         "data": {"task": simpo.data.task, "seed": t.seed, "pairs": plan["n_pairs"], "prompts": plan["n_prompts"],
                  "pairs_file": "pairs.jsonl (project) / pairs_trl_order.jsonl (TRL, the project's batch order)",
                  "prompts_file": "prompts.jsonl (project) / prompts_trl_order.jsonl (TRL, the project's order)",
@@ -694,12 +730,15 @@ def settings_block(args: argparse.Namespace, plan: dict[str, Any], runs: list[di
             "step_time": "difference of consecutive per-step wall clocks; the first (warm-up) step is excluded",
             "tokens": "tokens of the step's pairs, prompt + chosen + rejected (the prompt once) per pair, from each "
                       "framework's own tokenization (not the padded or packed model input)",
-            "memory": "peak over samples every 0.5 s of the PSS summed over the run's processes (the root's "
-                      f"descendants and every process whose environment carries {TAG_VAR}=<run id>)",
+            "memory": f"peak over samples every {MEMORY_INTERVAL_S} s of the PSS summed over the run's processes "
+                      f"(the root's descendants and every process whose environment carries {TAG_VAR}=<run id>), in "
+                      "memory runs of their own (the same command again after each repeat's timed runs: "
+                      f"{', '.join(f'{f} {a}' for f, a in memory_kinds) or 'none'}); timed runs are not sampled, "
+                      "since sampling slows them (bench/run_monitor.py)",
             "startup": "wall clock from just before the process is started to the end of its first optimizer step",
             "P4": "median over measured steps of sync/bytes / sync/seconds, over the bandwidth of dst.copy_(src) "
                   "of the model's state dict (the tied output head as its own tensor when the sync sent it; median "
-                  "of 5 copies) in the bench process, measured after each repeat's runs",
+                  "of 5 copies) in fresh processes, the fastest of 3, measured after each repeat's runs",
             "P5": "median over measured steps of (step - time/generate - time/train - time/old_logps) / step",
         },
         "project_overrides": args.project_override,
@@ -826,6 +865,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated run kinds to run, e.g. project_simpo,trl_simpo (default: all)")
     p.add_argument("--update-readme", metavar="FILE", help="replace the side-by-side block of FILE with the table")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run")
+    p.add_argument("--memory-kinds", default=MEMORY_KINDS,
+                   help="comma-separated run kinds to run once more per repeat with memory sampled "
+                        f"(default {MEMORY_KINDS}; 'none': no memory runs, no P2 memory figure)")
     p.add_argument("--project-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra key=value for every project run (and mirrored into TRL where it maps)")
     args = p.parse_args(argv)
@@ -840,6 +882,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     kinds = [k for k in KINDS if only is None or f"{k[0]}_{k[1]}" in only]
+    wanted_memory = set(args.memory_kinds.split(",")) - {"none", ""}
+    memory_kinds = [k for k in kinds if f"{k[0]}_{k[1]}" in wanted_memory]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     machine = machine_info()
     print(f"side_by_side: {args.repeats} repeat(s), {args.steps}+1 steps (GRPO {args.grpo_steps}+1), "
@@ -849,25 +893,33 @@ def main(argv: list[str] | None = None) -> int:
     memcpy: list[dict[str, Any]] = []
     for r in range(args.repeats):
         order = kinds if r % 2 == 0 else list(reversed(kinds))
-        for position, (framework, algo) in enumerate(order):
-            folder = work / f"r{r}_{framework}_{algo}"
-            print(f"[repeat {r + 1}/{args.repeats}] {framework} {algo} ...", end=" ", flush=True)
+        memory_order = memory_kinds if r % 2 == 0 else list(reversed(memory_kinds))
+        sequence = [(kind, False) for kind in order] + [(kind, True) for kind in memory_order]
+        for position, ((framework, algo), memory) in enumerate(sequence):
+            folder = work / f"r{r}_{framework}_{algo}{'_memory' if memory else ''}"
+            what = "memory run" if memory else "timed"
+            print(f"[repeat {r + 1}/{args.repeats}] {framework} {algo} ({what}) ...", end=" ", flush=True)
             runner = run_project if framework == "project" else run_trl
-            run = runner(plan, algo, folder, args.timeout)
+            run = runner(plan, algo, folder, args.timeout, memory)
             run.update(repeat=r, position=position)
             runs.append(run)
             if "error" in run:
                 print(f"FAILED (rc {run['rc']}), log {folder / 'run.log'}:\n{run['error']}", flush=True)
+            elif memory:
+                print(f"peak PSS {run['peak_pss_mb']:.0f} MB (median step {median(run['step_times']):.2f} s "
+                      "while sampled)", flush=True)
             else:
-                print(f"start-up {run['startup_s']:.1f} s, median step {median(run['step_times']):.2f} s, "
-                      f"peak PSS {run['peak_pss_mb']:.0f} MB", flush=True)
-        grpo = [run for run in runs if run["repeat"] == r and run["algo"] == "grpo" and run["framework"] == "project"]
+                print(f"start-up {run['startup_s']:.1f} s, median step {median(run['step_times']):.2f} s",
+                      flush=True)
+        grpo = [run for run in runs if run["repeat"] == r and run["algo"] == "grpo" and run["framework"] == "project"
+                and run["measures"] == "time"]
         sent = median([rec.get("sync/bytes") for run in grpo for rec in run.get("records", [])[1:]])
-        memcpy.append(memcpy_bandwidth(plan["model_path"], sent) if any(a == "grpo" for _, a in kinds) else {})
+        memcpy.append(memcpy_baseline(plan["model_path"], sent) if any(a == "grpo" for _, a in kinds) else {})
     figures = compute_figures(runs, memcpy, args.repeats)
     phases = {}
     for framework, algo in kinds:
-        selected = [run for run in runs if run["framework"] == framework and run["algo"] == algo]
+        selected = [run for run in runs if run["framework"] == framework and run["algo"] == algo
+                    and run["measures"] == "time"]
         phases[f"{framework}_{algo}"] = phase_table(selected)
     machine["loadavg_end"] = os.getloadavg()
     result: dict[str, Any] = {key: figures.get(key, {}).get("median") for key in TARGETS}
