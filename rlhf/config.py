@@ -64,7 +64,7 @@ class TrainConfig:
     pack: bool = True  # rows that share a prompt (a pair, an online group) run it once (rlhf.packing)
     max_bad_steps: int = 3  # a NaN/Inf loss or gradient skips the step; this many in a row stop the run
     # online: policy versions a rollout may lag (0: synchronous; 1: the next step generates while this one trains,
-    # a loss where both roles share cores: 1.6-2.5x the step time on a 2-core CPU, bench/staleness_ab.py)
+    # a gain only where the roles do not share cores: 1.00x the step time on a 2-core CPU, bench/staleness_ab.py)
     max_staleness: int = 0
     is_cap: float = 2.0  # online, staleness > 0: truncated importance-sampling cap on pi_old / pi_behaviour
     num_cpus_per_actor: float | None = None  # None: this machine's cores / num_learners (torch threads follow it)
