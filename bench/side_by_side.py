@@ -516,7 +516,7 @@ def compute_figures(runs: list[dict[str, Any]], memcpy: list[dict[str, Any]], re
     def get(repeat: int, framework: str, algo: str, measures: str = "time") -> dict[str, Any] | None:
         for run in runs:
             if (run["repeat"] == repeat and run["framework"] == framework and run["algo"] == algo
-                    and run.get("measures", "time") == measures):
+                    and run["measures"] == measures):
                 return run if "step_times" in run else None
         return None
 

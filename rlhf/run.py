@@ -32,7 +32,7 @@ from typing import Any
 from rlhf.checkpoint import atomic_dir
 from rlhf.config import ConfigError, RunConfig, build_config, dump, output_dir
 from rlhf.objectives import get, names
-from rlhf.schedule import build_schedule, parse_schedule
+from rlhf.schedule import build_schedule, generates_ahead, parse_schedule
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +160,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                                 enabled=cfg.progress)
     first = stages[state.stage_index if state else 0]
     session = Session(stages[0].cfg, model_path, total_steps=total_steps, score_head=score_head,
-                      ahead=any(s.cfg.train.max_staleness for s in stages))
+                      ahead=generates_ahead(stages))
     summaries: list[dict[str, Any]] = list(state.extra.get("summaries", [])) if state else []
     try:
         session.start_learners(prestart_generators=first.online, prestart_reference=first.needs_reference)

@@ -60,6 +60,11 @@ def parse_schedule(text: str) -> list[dict[str, Any]]:
     return stages
 
 
+def generates_ahead(stages: list[Stage]) -> bool:
+    """Whether any stage lets generation run ahead of training (``train.max_staleness > 0``)."""
+    return any(s.cfg.train.max_staleness > 0 for s in stages)
+
+
 def build_schedule(cfg: RunConfig) -> list[Stage]:
     """The stages of ``cfg`` (one stage when ``cfg.stages`` is empty)."""
     if not cfg.stages:

@@ -93,12 +93,6 @@ def actor_env(device: str, reuse_freed_memory: bool, environ: Mapping[str, str] 
     return env
 
 
-def generates_ahead(cfg: RunConfig) -> bool:
-    """Whether any stage of the run lets generation run ahead of training (``train.max_staleness > 0``)."""
-    stages = [stage.get("train") or {} for stage in cfg.stages]
-    return cfg.train.max_staleness > 0 or any(int(train.get("max_staleness", 0) or 0) > 0 for train in stages)
-
-
 def learner_config(cfg: RunConfig, model_path: str, device: str, total_steps: int, score_head: bool,
                    ship: Shipping | None = None) -> dict[str, Any]:
     """The plain dict ``actors.learner.LearnerActor`` takes (``ship``: ``Session.shipping``'s record)."""
@@ -161,6 +155,7 @@ class Session:
         """``ahead``: some stage of the schedule generates ahead (``train.max_staleness > 0``)."""
         self.cfg = cfg
         self.device = resolve_device(cfg)
+        self.ahead = ahead
         from rlhf.driver.fit import takes_turns
 
         # generators sleep, learners offload before they generate
@@ -191,7 +186,7 @@ class Session:
 
         if ray.is_initialized():
             return
-        env = actor_env(self.device, self.cfg.cluster.reuse_freed_memory, ahead=generates_ahead(self.cfg))
+        env = actor_env(self.device, self.cfg.cluster.reuse_freed_memory, ahead=self.ahead)
         # Inside `ray job submit`, the job's runtime env already reaches every actor, and ray.init refuses
         # to set again a variable it sets ("Failed to merge the Job's runtime env"): leave those to the job.
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")

@@ -209,15 +209,16 @@ def test_actor_env_reuses_freed_memory_on_cpu_only():
 
 
 def test_actor_threads_sleep_while_waiting_only_when_generating_ahead_on_cpu():
-    from rlhf.driver.session import SLEEP_WHILE_WAITING, actor_env, generates_ahead
+    from rlhf.driver.session import SLEEP_WHILE_WAITING, actor_env
+    from rlhf.schedule import build_schedule, generates_ahead
 
     base = {"DS_ACCELERATOR": "cpu"}
     assert not set(SLEEP_WHILE_WAITING) & set(actor_env("cpu", True, base))  # synchronous: threads may spin
     assert {k: actor_env("cpu", True, base, ahead=True)[k] for k in SLEEP_WHILE_WAITING} == SLEEP_WHILE_WAITING
     assert not set(SLEEP_WHILE_WAITING) & set(actor_env("cuda", True, base, ahead=True))
     assert actor_env("cpu", True, {"OMP_WAIT_POLICY": "ACTIVE"}, ahead=True)["OMP_WAIT_POLICY"] == "ACTIVE"
-    assert not generates_ahead(build_config(algo="grpo"))
-    assert generates_ahead(build_config(algo="grpo", overrides=["train.max_staleness=1"]))
+    assert not generates_ahead(build_schedule(build_config(algo="grpo")))
+    assert generates_ahead(build_schedule(build_config(algo="grpo", overrides=["train.max_staleness=1"])))
     stages = "stages=[{algo: sft, steps: 2}, {algo: grpo, steps: 2, train: {max_staleness: 1}}]"
     staged = build_config(overrides=[stages])
-    assert generates_ahead(staged)
+    assert generates_ahead(build_schedule(staged))
